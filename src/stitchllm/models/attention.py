@@ -1,0 +1,66 @@
+"""Causal self-attention over packed variable-length sequences, reading keys/values from the KV cache."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from stitchllm.models.batch import ForwardBatch
+
+
+def _causal_mask(num_new: int, start: int, device: torch.device) -> torch.Tensor:
+    """[n, start+n] bool: new token i (at position start+i) may see keys at positions <= start+i."""
+    rows = torch.arange(num_new, device=device)[:, None] + start
+    cols = torch.arange(start + num_new, device=device)[None, :]
+    return cols <= rows
+
+
+def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:
+    """q [H, n, hd] against k, v [kv, start+n, hd] -> [H, n, hd]; grouped-query heads share keys natively."""
+    n = q.shape[1]
+    if n == 1:  # decode: the one new token sees everything before it, no mask needed
+        mask, causal = None, False
+    elif start == 0:  # a fresh prefill: plain causal
+        mask, causal = None, True
+    else:  # a prefill chunk after cached tokens: causal with an offset
+        mask, causal = _causal_mask(n, start, q.device), False
+    out = F.scaled_dot_product_attention(
+        q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), attn_mask=mask, is_causal=causal, enable_gqa=True
+    )
+    return out[0]
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    batch: ForwardBatch,
+    kv_cache: tuple[torch.Tensor, torch.Tensor] | None,
+) -> torch.Tensor:
+    """q [T, H, hd], k/v [T, kv, hd] of the new tokens -> attention output [T, H, hd].
+
+    With a cache ([slots, kv, max_len, hd] each), the new keys/values are written at their positions and each
+    sequence attends over its cached prefix plus its new tokens. Without one (training, full-sequence scoring),
+    every sequence must start at position 0 and attends causally over its own new tokens.
+    Sequences are handled one by one on zero-copy views, so no padding is ever computed.
+    """
+    if kv_cache is not None:
+        k_cache, v_cache = kv_cache
+        # advanced indices split by a slice: the indexed view is [T, kv, hd], matching k and v
+        k_cache[batch.token_slots, :, batch.positions] = k
+        v_cache[batch.token_slots, :, batch.positions] = v
+    elif any(batch.starts):
+        raise ValueError("attention without a KV cache needs every sequence to start at position 0")
+    out = torch.empty_like(q)
+    offset = 0
+    for slot, start, n in zip(batch.slots, batch.starts, batch.lengths):
+        q_seq = q[offset : offset + n].transpose(0, 1)  # [H, n, hd]
+        if kv_cache is not None:
+            k_seq = k_cache[slot, :, : start + n]  # [kv, start+n, hd], a view of the cache
+            v_seq = v_cache[slot, :, : start + n]
+        else:
+            k_seq = k[offset : offset + n].transpose(0, 1)
+            v_seq = v[offset : offset + n].transpose(0, 1)
+        out[offset : offset + n] = _attend_one(q_seq, k_seq, v_seq, start).transpose(0, 1)
+        offset += n
+    return out

@@ -1,0 +1,58 @@
+"""ForwardBatch: which new tokens of which sequences one forward pass computes, packed without padding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(slots=True)
+class ForwardBatch:
+    """Packed tokens of several sequences: sequence i contributes `lengths[i]` new tokens at positions
+    `starts[i] .. starts[i]+lengths[i]-1` and keeps its keys/values in KV-cache slot `slots[i]`."""
+
+    slots: list[int]
+    starts: list[int]
+    lengths: list[int]
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    positions: torch.Tensor = field(init=False)  # [T] absolute position of every packed token
+    token_slots: torch.Tensor = field(init=False)  # [T] cache slot of every packed token
+    _rope: dict = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not (len(self.slots) == len(self.starts) == len(self.lengths)):
+            raise ValueError("slots, starts and lengths must have one entry per sequence")
+        if any(n <= 0 for n in self.lengths):
+            raise ValueError("every sequence in a batch must bring at least one new token")
+        self.positions = torch.cat(
+            [torch.arange(s, s + n) for s, n in zip(self.starts, self.lengths)]
+        ).to(self.device)
+        self.token_slots = torch.repeat_interleave(
+            torch.tensor(self.slots), torch.tensor(self.lengths)
+        ).to(self.device)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.positions.shape[0]
+
+    @property
+    def is_decode(self) -> bool:
+        """True when every sequence brings exactly one token (the steady state of generation)."""
+        return all(n == 1 for n in self.lengths)
+
+    def last_token_indices(self) -> torch.Tensor:
+        """[B] index into the packed tokens of each sequence's last new token (whose logits sample the next)."""
+        ends = torch.tensor(self.lengths).cumsum(0) - 1
+        return ends.to(self.device)
+
+    def rope(self, table) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin for this batch's positions from a model's RotaryTable, computed once per model per pass."""
+        key = id(table)
+        if key not in self._rope:
+            self._rope[key] = table.lookup(self.positions)
+        return self._rope[key]
+
+    def with_slots(self, slots: list[int]) -> "ForwardBatch":
+        """The same tokens addressed to other cache slots (a second model's cache along a stitched route)."""
+        return ForwardBatch(slots, self.starts, self.lengths, self.device)

@@ -1,0 +1,71 @@
+"""DecoderModel: a Llama-family LLM exposed as separate pieces: embed, blocks[i], norm, head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from stitchllm.models.batch import ForwardBatch
+from stitchllm.models.block import DecoderBlock, RMSNorm
+from stitchllm.models.config import ModelConfig
+from stitchllm.models.kv_cache import KVCache
+from stitchllm.models.rope import RotaryTable
+
+
+class DecoderModel(nn.Module):
+    """The block runtime: callers (generation, stitched routes, the engine) compose the pieces as they need."""
+
+    def __init__(self, config: ModelConfig, max_positions: int | None = None):
+        super().__init__()
+        self.config = config
+        self.max_positions = max_positions or config.max_position_embeddings
+        self.rotary = RotaryTable(config, self.max_positions)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.blocks = nn.ModuleList(DecoderBlock(config, self.rotary) for _ in range(config.num_layers))
+        self.final_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:  # one matrix both reads tokens in and scores them out
+            self.lm_head.weight = self.embed_tokens.weight
+
+    # ---- the pieces ------------------------------------------------------------------------------
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [T] -> hidden [T, D]."""
+        return self.embed_tokens(ids)
+
+    def norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [..., D] -> normalised [..., D] (the final norm, before the head)."""
+        return self.final_norm(hidden)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """normalised hidden [..., D] -> logits [..., V]."""
+        return self.lm_head(hidden)
+
+    # ---- compositions ----------------------------------------------------------------------------
+
+    def run_blocks(
+        self,
+        hidden: torch.Tensor,
+        batch: ForwardBatch,
+        cache: KVCache | None,
+        first: int = 0,
+        end: int | None = None,
+    ) -> torch.Tensor:
+        """Run blocks [first, end) on hidden [T, D] -> [T, D]."""
+        end = self.config.num_layers if end is None else end
+        for i in range(first, end):
+            hidden = self.blocks[i](hidden, batch, cache.layer(i) if cache is not None else None)
+        return hidden
+
+    def forward(self, ids: torch.Tensor, batch: ForwardBatch, cache: KVCache | None = None) -> torch.Tensor:
+        """Packed ids [T] -> logits [T, V] for every new token (full-sequence scoring or prefill)."""
+        return self.head(self.norm(self.run_blocks(self.embed(ids), batch, cache)))
+
+    def new_cache(self, num_slots: int, max_len: int, first: int = 0, end: int | None = None) -> KVCache:
+        """A KV cache for blocks [first, end) in this model's dtype and device."""
+        p = self.embed_tokens.weight
+        return KVCache(self.config, num_slots, max_len, first, end, dtype=p.dtype, device=p.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device

@@ -1,0 +1,149 @@
+"""Load models and tokenizers: HF directories, hub ids, GGUF files (via transformers' converter), tiny random configs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from stitchllm.errors import StitchError
+from stitchllm.models.config import ModelConfig
+from stitchllm.models.decoder import DecoderModel
+from stitchllm.models.hf_weights import check_config_matches, load_hf_state_dict
+from stitchllm.paths import EMBEDDED_NAME, embedded_gguf_path, stitchllm_home
+
+DEFAULT_MODEL = "default"
+log = logging.getLogger(__name__)
+
+
+def resolve_model_dir(source: str | Path | None = None) -> Path:
+    """Turn what a user names (the embedded default, an HF directory, a .gguf file, a hub id) into an HF directory."""
+    if source is None or str(source) == DEFAULT_MODEL:
+        return gguf_to_hf_dir(embedded_gguf_path(), name=EMBEDDED_NAME)
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return gguf_to_hf_dir(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise StitchError(f"model directory {path} has no config.json")
+        return path
+    text = str(source)
+    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.suffix
+    if looks_like_hub_id:
+        return _download_from_hub(text)
+    raise StitchError(f"model path not found: {source}")
+
+
+def _download_from_hub(repo_id: str) -> Path:
+    """Fetch config, tokenizer and safetensors of a hub model (needs a network; this project's machines have none)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as exc:  # offline, unknown repo, gated repo: one line naming the cause
+        raise StitchError(f"cannot fetch {repo_id!r} from the Hugging Face hub: {type(exc).__name__}") from exc
+
+
+def gguf_to_hf_dir(gguf: Path, name: str | None = None) -> Path:
+    """Convert a GGUF file once, with transformers' own converter, into a cached HF directory (fp32 safetensors)."""
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+    out = stitchllm_home() / "models" / (name or f"{gguf.stem}-{key}")
+    marker = out / "stitchllm-source.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("key") == key:
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to an HF directory at %s (once)", gguf.name, out)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        hf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as exc:
+        raise StitchError(f"cannot convert GGUF {gguf}: {exc}".splitlines()[0]) from exc
+    out.mkdir(parents=True, exist_ok=True)
+    # The weights are de-quantised fp32 now: drop the GGUF quantiser so transformers saves a plain checkpoint.
+    hf_model.hf_quantizer = None
+    if hasattr(hf_model.config, "quantization_config"):
+        del hf_model.config.quantization_config
+    hf_model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    marker.write_text(json.dumps({"gguf": str(gguf), "key": key}))
+    return out
+
+
+def load_config(model_dir: Path) -> ModelConfig:
+    from transformers import AutoConfig
+
+    try:
+        hf = AutoConfig.from_pretrained(model_dir)
+    except (ValueError, KeyError, OSError) as exc:
+        raise StitchError(f"cannot read config of {model_dir}: {exc}".splitlines()[0]) from exc
+    return ModelConfig.from_hf(hf)
+
+
+def _read_safetensors(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        shards = ["model.safetensors"]
+    tensors: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        if not (model_dir / shard).is_file():
+            raise StitchError(f"missing weights file {model_dir / shard}")
+        tensors |= load_file(model_dir / shard)
+    return tensors
+
+
+def load_model(
+    source: str | Path | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    max_positions: int | None = None,
+) -> DecoderModel:
+    """Load a model's weights into the block runtime; the architecture is read from its config's `model_type`."""
+    model_dir = resolve_model_dir(source)
+    config = load_config(model_dir)
+    hf_tensors = _read_safetensors(model_dir)
+    check_config_matches(config, set(hf_tensors))
+    with torch.device("meta"):
+        model = DecoderModel(config, max_positions)
+    model = model.to_empty(device="cpu")
+    model.rotary.reset()  # its tables are not weights: recompute them after to_empty
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    load_hf_state_dict(model, hf_tensors)
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def load_tokenizer(source: str | Path | None = None, vocab_size: int | None = None):
+    """The model's own tokenizer; refuses one with more tokens than the model's embedding has rows."""
+    from transformers import AutoTokenizer
+
+    model_dir = resolve_model_dir(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as exc:
+        raise StitchError(f"cannot load the tokenizer of {model_dir}: {exc}".splitlines()[0]) from exc
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        raise StitchError(f"tokenizer mismatch: tokenizer has {len(tokenizer)} tokens, model vocab is {vocab_size}")
+    return tokenizer
+
+
+def random_model(config: ModelConfig, seed: int = 0, max_positions: int | None = None) -> DecoderModel:
+    """A randomly initialised model for tests (small-std weights, unit norms)."""
+    gen = torch.Generator().manual_seed(seed)
+    model = DecoderModel(config, max_positions)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny HF checkpoints built in the test, and the real embedded SmolLM2."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+TINY = dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
+
+
+def make_hf_config(model_type: str, **overrides):
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}[model_type]
+    extra = {"sliding_window": None} if model_type == "mistral" else {}
+    if model_type == "llama":  # exercise the Llama-3 frequency scaling rule
+        extra["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                    "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                    "original_max_position_embeddings": 64}
+    return cls(**(TINY | extra | overrides))
+
+
+def save_tiny_hf_model(path, model_type: str, seed: int = 0, **overrides):
+    """Save a random transformers model (every tensor random, biases included) as an HF directory."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    hf = AutoModelForCausalLM.from_config(make_hf_config(model_type, **overrides))
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else 0.08 * torch.randn_like(p))
+    hf.eval().save_pretrained(path)
+    return hf
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real embedded SmolLM2-135M-Instruct: (runtime model, tokenizer, HF directory)."""
+    from stitchllm.models.loader import load_model, load_tokenizer, resolve_model_dir
+
+    model_dir = resolve_model_dir(None)
+    model = load_model(model_dir)
+    return model, load_tokenizer(model_dir, model.config.vocab_size), model_dir
