@@ -30,6 +30,27 @@ def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -
     return out[0]
 
 
+def _decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+    """All sequences bring one token: one batched attention call instead of one per sequence.
+
+    q [B, H, hd]; caches [slots, kv, max_len, hd]. Keys are read up to the longest context in the batch, with a
+    mask for the shorter ones (the only padding in the runtime, and only over keys of decode steps). Query heads
+    are viewed as [kv, G] so each group of G heads meets its shared key head without copying keys G times.
+    """
+    B, H, hd = q.shape
+    kv_heads = k_cache.shape[1]
+    longest = max(batch.starts) + 1
+    first = batch.slots[0]
+    if batch.slots == list(range(first, first + B)):  # consecutive slots: a zero-copy view of the cache
+        k, v = k_cache[first : first + B, :, :longest], v_cache[first : first + B, :, :longest]
+    else:
+        index = torch.tensor(batch.slots, device=q.device)
+        k = k_cache[:, :, :longest].index_select(0, index)  # [B, kv, L, hd]
+        v = v_cache[:, :, :longest].index_select(0, index)
+    out = F.scaled_dot_product_attention(q.view(B, kv_heads, H // kv_heads, hd), k, v, attn_mask=batch.decode_mask())
+    return out.view(B, H, hd)
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -49,6 +70,8 @@ def attention(
         # advanced indices split by a slice: the indexed view is [T, kv, hd], matching k and v
         k_cache[batch.token_slots, :, batch.positions] = k
         v_cache[batch.token_slots, :, batch.positions] = v
+        if batch.is_decode:
+            return _decode_attention(q, k_cache, v_cache, batch)
     elif any(batch.starts):
         raise ValueError("attention without a KV cache needs every sequence to start at position 0")
     out = torch.empty_like(q)

@@ -18,7 +18,9 @@ class ForwardBatch:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     positions: torch.Tensor = field(init=False)  # [T] absolute position of every packed token
     token_slots: torch.Tensor = field(init=False)  # [T] cache slot of every packed token
+    is_decode: bool = field(init=False)  # every sequence brings exactly one token (the steady state)
     _rope: dict = field(init=False, default_factory=dict)
+    _decode_mask: torch.Tensor | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         if not (len(self.slots) == len(self.starts) == len(self.lengths)):
@@ -31,15 +33,20 @@ class ForwardBatch:
         self.token_slots = torch.repeat_interleave(
             torch.tensor(self.slots), torch.tensor(self.lengths)
         ).to(self.device)
+        self.is_decode = all(n == 1 for n in self.lengths)
 
     @property
     def num_tokens(self) -> int:
         return self.positions.shape[0]
 
-    @property
-    def is_decode(self) -> bool:
-        """True when every sequence brings exactly one token (the steady state of generation)."""
-        return all(n == 1 for n in self.lengths)
+    def decode_mask(self) -> torch.Tensor | None:
+        """For a decode batch: [B, 1, 1, L] bool, True where key position < the sequence's length; None if all
+        sequences are equally long. L is the longest context in the batch."""
+        if self._decode_mask is None and len(set(self.starts)) > 1:
+            lengths = torch.tensor(self.starts, device=self.device) + 1
+            keys = torch.arange(int(lengths.max()), device=self.device)
+            self._decode_mask = (keys[None, :] < lengths[:, None])[:, None, None, :]
+        return self._decode_mask
 
     def last_token_indices(self) -> torch.Tensor:
         """[B] index into the packed tokens of each sequence's last new token (whose logits sample the next)."""

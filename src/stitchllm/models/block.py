@@ -9,6 +9,7 @@ from torch import nn
 from stitchllm.models.attention import attention
 from stitchllm.models.batch import ForwardBatch
 from stitchllm.models.config import ModelConfig
+from stitchllm.models.linear import Linear
 from stitchllm.models.rope import RotaryTable, apply_rotary
 
 
@@ -31,11 +32,11 @@ class DecoderBlock(nn.Module):
         super().__init__()
         d, self.config = config.hidden_size, config
         self.attn_norm = RMSNorm(d, config.rms_norm_eps)
-        self.qkv = nn.Linear(d, config.q_size + 2 * config.kv_size, bias=config.qkv_bias)
-        self.o_proj = nn.Linear(config.q_size, d, bias=False)
+        self.qkv = Linear(d, config.q_size + 2 * config.kv_size, bias=config.qkv_bias)
+        self.o_proj = Linear(config.q_size, d, bias=False)
         self.mlp_norm = RMSNorm(d, config.rms_norm_eps)
-        self.gate_up = nn.Linear(d, 2 * config.intermediate_size, bias=False)
-        self.down = nn.Linear(config.intermediate_size, d, bias=False)
+        self.gate_up = Linear(d, 2 * config.intermediate_size, bias=False)
+        self.down = Linear(config.intermediate_size, d, bias=False)
         self.rotary = rotary  # shared by all blocks of the model
 
     def forward(
@@ -48,10 +49,11 @@ class DecoderBlock(nn.Module):
         c = self.config
         T = hidden.shape[0]
         qkv = self.qkv(self.attn_norm(hidden))  # [T, q + 2kv]
-        q, k, v = qkv.split([c.q_size, c.kv_size, c.kv_size], dim=-1)
+        qk, v = qkv.split([c.q_size + c.kv_size, c.kv_size], dim=-1)
         cos, sin = batch.rope(self.rotary)  # [T, 1, hd]
-        q = apply_rotary(q.view(T, c.num_heads, c.head_dim), cos, sin)  # [T, H, hd]
-        k = apply_rotary(k.view(T, c.num_kv_heads, c.head_dim), cos, sin)  # [T, kv, hd]
+        # q and k heads rotate together in one call: [T, H + kv, hd]
+        qk = apply_rotary(qk.view(T, c.num_heads + c.num_kv_heads, c.head_dim), cos, sin)
+        q, k = qk.split([c.num_heads, c.num_kv_heads], dim=1)  # [T, H, hd], [T, kv, hd]
         v = v.view(T, c.num_kv_heads, c.head_dim)
         attn = attention(q, k, v, batch, kv_cache)  # [T, H, hd]
         hidden = hidden + self.o_proj(attn.reshape(T, c.q_size))

@@ -9,6 +9,7 @@ from stitchllm.models.batch import ForwardBatch
 from stitchllm.models.block import DecoderBlock, RMSNorm
 from stitchllm.models.config import ModelConfig
 from stitchllm.models.kv_cache import KVCache
+from stitchllm.models.linear import Linear
 from stitchllm.models.rope import RotaryTable
 
 
@@ -23,7 +24,7 @@ class DecoderModel(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.blocks = nn.ModuleList(DecoderBlock(config, self.rotary) for _ in range(config.num_layers))
         self.final_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:  # one matrix both reads tokens in and scores them out
             self.lm_head.weight = self.embed_tokens.weight
 
@@ -65,6 +66,13 @@ class DecoderModel(nn.Module):
         """A KV cache for blocks [first, end) in this model's dtype and device."""
         p = self.embed_tokens.weight
         return KVCache(self.config, num_slots, max_len, first, end, dtype=p.dtype, device=p.device)
+
+    def prepack(self) -> "DecoderModel":
+        """Pre-pack every linear weight for fast CPU inference (see models/linear.py); returns self."""
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.pack()
+        return self
 
     @property
     def device(self) -> torch.device:

@@ -119,7 +119,7 @@ def load_model(
     if config.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     load_hf_state_dict(model, hf_tensors)
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False).prepack()
 
 
 def load_tokenizer(source: str | Path | None = None, vocab_size: int | None = None):
@@ -146,4 +146,4 @@ def random_model(config: ModelConfig, seed: int = 0, max_positions: int | None =
                 p.fill_(1.0)
             else:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    return model.eval().requires_grad_(False)
+    return model.eval().requires_grad_(False).prepack()
