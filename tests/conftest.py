@@ -42,3 +42,19 @@ def smollm2():
     model_dir = resolve_model_dir(None)
     model = load_model(model_dir)
     return model, load_tokenizer(model_dir, model.config.vocab_size), model_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_parent_dir(tmp_path_factory, smollm2):
+    """A tiny random Llama that uses SmolLM2's real tokenizer (so family tools see a real vocabulary)."""
+    import shutil
+
+    _, _, smol_dir = smollm2
+    path = tmp_path_factory.mktemp("tiny-parent")
+    save_tiny_hf_model(path, "llama", vocab_size=49152, hidden_size=64, num_hidden_layers=4, intermediate_size=128,
+                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                       max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (smol_dir / name).is_file():
+            shutil.copy2(smol_dir / name, path / name)
+    return path

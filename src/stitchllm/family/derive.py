@@ -1,0 +1,92 @@
+"""`family derive`: prune a parent into a smaller same-tokenizer sibling, heal it by distillation, save it HF-style."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from stitchllm.data.corpus import python_docs_text
+from stitchllm.errors import StitchError
+from stitchllm.eval.perplexity import model_full_logits, perplexity
+from stitchllm.eval.text import token_windows
+from stitchllm.family.distill import DistillConfig, distill
+from stitchllm.family.importance import measure_importance
+from stitchllm.family.prune import PruneTarget, prune
+from stitchllm.models.loader import load_model, load_tokenizer, resolve_model_dir
+from stitchllm.models.save import save_hf_dir
+from stitchllm.paths import stitchllm_home
+
+MANIFEST = "stitchllm-derive.json"
+
+
+@dataclass(frozen=True, slots=True)
+class DeriveConfig:
+    """Everything that determines a derived sibling; its hash names the cache entry."""
+
+    parent: str = "default"
+    target: PruneTarget = PruneTarget(layers=16, hidden=384, heads=6, kv_heads=2, intermediate=1536)
+    calibration_tokens: int = 16384
+    heal_tokens: int = 163840
+    seed: int = 0
+    text: str | None = None  # a user's own text file instead of the stdlib docstrings
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def default_sibling_dir() -> Path:
+    return stitchllm_home() / "family" / "smollm2-135m-instruct-sibling"
+
+
+def is_complete(out: Path, cfg: DeriveConfig) -> bool:
+    manifest = out / MANIFEST
+    return manifest.is_file() and json.loads(manifest.read_text()).get("fingerprint") == cfg.fingerprint()
+
+
+def _train_and_validation_text(cfg: DeriveConfig) -> tuple[str, str]:
+    if cfg.text is None:
+        return python_docs_text("train"), python_docs_text("validation")
+    from stitchllm.eval.text import read_text
+
+    text = read_text(cfg.text)
+    cut = int(len(text) * 0.9)  # a user's file: the last 10% validates
+    return text[:cut], text[cut:]
+
+
+def derive(cfg: DeriveConfig, out: Path, heal: bool = True) -> dict:
+    """Build the sibling into `out` (skipped when `out` already holds this exact recipe); returns its manifest."""
+    if is_complete(out, cfg):
+        return json.loads((out / MANIFEST).read_text())
+    started = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    parent_dir = resolve_model_dir(cfg.parent)
+    parent = load_model(parent_dir)
+    cfg.target.check_against(parent.config)
+    tokenizer = load_tokenizer(parent_dir, parent.config.vocab_size)
+    train_text, val_text = _train_and_validation_text(cfg)
+    train_ids = torch.tensor(tokenizer(train_text, add_special_tokens=False)["input_ids"])
+    val_windows = token_windows(val_text, tokenizer, window=512, max_tokens=16384)
+    if len(train_ids) < cfg.calibration_tokens:
+        raise StitchError(f"calibration needs {cfg.calibration_tokens} tokens, the text has {len(train_ids)}")
+    calib = list(train_ids[: cfg.calibration_tokens].split(512))
+    child, kept = prune(parent, measure_importance(parent, calib), cfg.target)
+    report = {"fingerprint": cfg.fingerprint(), "recipe": asdict(cfg), "kept": kept,
+              "val_ppl": {"parent": perplexity(model_full_logits(parent), val_windows).ppl,
+                          "pruned": perplexity(model_full_logits(child), val_windows).ppl}}
+    if heal and cfg.heal_tokens > 0:
+        dcfg = DistillConfig(steps=max(1, cfg.heal_tokens // (8 * 256)), seed=cfg.seed)
+        out.mkdir(parents=True, exist_ok=True)
+        report["distill"] = distill(parent, child, train_ids[cfg.calibration_tokens:], dcfg,
+                                    checkpoint=out / f".distill-{cfg.fingerprint()}.pt")
+        report["val_ppl"]["healed"] = perplexity(model_full_logits(child.prepack()), val_windows).ppl
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    save_hf_dir(child, out, parent_dir)
+    (out / MANIFEST).write_text(json.dumps(report, indent=2))
+    for stale in out.glob(".distill-*.pt"):
+        stale.unlink()
+    return report

@@ -1,0 +1,92 @@
+"""Heal a pruned model by knowledge distillation: KL(parent's next-token distribution || child's), parent frozen."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from stitchllm.models.batch import ForwardBatch
+from stitchllm.models.decoder import DecoderModel
+
+
+@dataclass(frozen=True, slots=True)
+class DistillConfig:
+    """Healing schedule: `steps` AdamW steps of `batch` sequences of `seq_len` tokens, cosine-decayed lr."""
+
+    steps: int
+    batch: int = 8
+    seq_len: int = 256
+    lr: float = 3e-4
+    warmup: int = 8
+    weight_decay: float = 0.0
+    seed: int = 0
+    checkpoint_every: int = 20
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.steps - self.warmup)
+        return self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def kl_to_teacher(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of KL(teacher || student); both [T, V]."""
+    teacher_logp = F.log_softmax(teacher_logits, dim=-1)
+    student_logp = F.log_softmax(student_logits, dim=-1)
+    return F.kl_div(student_logp, teacher_logp, log_target=True, reduction="batchmean")
+
+
+def sequence_batches(ids: torch.Tensor, cfg: DistillConfig) -> torch.Tensor:
+    """Cut a long id stream into [N, seq_len] training sequences, shuffled by the seed."""
+    n = len(ids) // cfg.seq_len
+    seqs = ids[: n * cfg.seq_len].view(n, cfg.seq_len)
+    return seqs[torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))]
+
+
+def distill(
+    teacher: DecoderModel, student: DecoderModel, train_ids: torch.Tensor, cfg: DistillConfig,
+    checkpoint: Path | None = None,
+) -> dict:
+    """Train every student weight to match the teacher; resumes from `checkpoint` if one is there."""
+    torch.manual_seed(cfg.seed)
+    seqs = sequence_batches(train_ids, cfg)
+    student.train().requires_grad_(True)
+    optim = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, losses = 0, []
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=True)
+        student.load_state_dict(state["model"])
+        optim.load_state_dict(state["optim"])
+        step, losses = state["step"], state["losses"]
+    batch_meta = ForwardBatch(list(range(cfg.batch)), [0] * cfg.batch, [cfg.seq_len] * cfg.batch)
+    start = time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=step, desc="distill", unit="step")
+    while step < cfg.steps:
+        rows = torch.arange(step * cfg.batch, (step + 1) * cfg.batch) % len(seqs)
+        ids = seqs[rows].reshape(-1)  # [B * seq_len]
+        with torch.inference_mode():
+            teacher_logits = teacher(ids, batch_meta)  # [T, V]
+        for group in optim.param_groups:
+            group["lr"] = cfg.lr_at(step)
+        loss = kl_to_teacher(teacher_logits.clone(), student(ids, batch_meta))
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        optim.step()
+        step += 1
+        losses.append(float(loss.detach()))
+        bar.update(1)
+        bar.set_postfix(kl=f"{losses[-1]:.3f}")
+        if checkpoint is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+            torch.save({"step": step, "model": student.state_dict(), "optim": optim.state_dict(),
+                        "losses": losses}, checkpoint)
+    bar.close()
+    student.eval().requires_grad_(False)
+    return {"steps": step, "tokens": step * cfg.batch * cfg.seq_len, "kl_first": losses[0] if losses else None,
+            "kl_last": sum(losses[-5:]) / max(1, len(losses[-5:])), "seconds_this_run": time.perf_counter() - start}

@@ -1,0 +1,72 @@
+"""Deriving a smaller sibling: sizes as requested, tokenizer kept, HF round trip, bad requests refused."""
+
+import json
+
+import pytest
+import torch
+
+from stitchllm.errors import StitchError
+from stitchllm.family.derive import DeriveConfig, derive
+from stitchllm.family.prune import PruneTarget
+from stitchllm.models.batch import ForwardBatch
+from stitchllm.models.loader import load_config, load_model, load_tokenizer
+
+TARGET = PruneTarget(layers=2, hidden=32, heads=2, kv_heads=1, intermediate=48)
+
+
+@pytest.fixture(scope="module")
+def derived(tiny_parent_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sibling")
+    cfg = DeriveConfig(parent=str(tiny_parent_dir), target=TARGET, calibration_tokens=2048, heal_tokens=4096)
+    return out, derive(cfg, out), cfg
+
+
+def test_sizes_requested_are_sizes_produced(derived):
+    out, report, _ = derived
+    c = load_config(out)
+    assert (c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.intermediate_size) == (2, 32, 2, 1, 48)
+    assert c.head_dim == 16  # the parent's head_dim: whole heads are removed, never resized
+    assert len(report["kept"]["blocks"]) == 2 and report["kept"]["blocks"] == sorted(report["kept"]["blocks"])
+
+
+def test_tokenizer_and_vocab_are_kept(derived, tiny_parent_dir):
+    out, _, _ = derived
+    assert load_config(out).vocab_size == load_config(tiny_parent_dir).vocab_size
+    a, b = load_tokenizer(out), load_tokenizer(tiny_parent_dir)
+    text = "Stitching needs one shared tokenizer: <|im_start|>user"
+    assert a(text)["input_ids"] == b(text)["input_ids"] and len(a) == len(b)
+
+
+def test_derived_dir_round_trips_through_transformers(derived):
+    from transformers import AutoModelForCausalLM
+
+    out, _, _ = derived
+    hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    ours = load_model(out)
+    ids = torch.randint(0, 49152, (20,), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = hf(ids[None]).logits[0]
+    torch.testing.assert_close(ours(ids, ForwardBatch([0], [0], [20])), expected, atol=1e-4, rtol=0)
+
+
+def test_healing_lowers_validation_perplexity(derived):
+    _, report, _ = derived
+    ppl = report["val_ppl"]
+    assert report["distill"]["steps"] == 2
+    assert ppl["healed"] < ppl["pruned"]
+
+
+def test_rerun_is_cached(derived):
+    out, report, cfg = derived
+    assert derive(cfg, out) == report
+    assert json.loads((out / "stitchllm-derive.json").read_text())["fingerprint"] == cfg.fingerprint()
+
+
+@pytest.mark.parametrize("target, message", [
+    (PruneTarget(layers=5, hidden=32, heads=2, kv_heads=1, intermediate=48), "--layers 5 is not in"),
+    (PruneTarget(layers=2, hidden=30, heads=4, kv_heads=2, intermediate=48), "not divisible by --heads"),
+    (PruneTarget(layers=2, hidden=64, heads=8, kv_heads=2, intermediate=48), "--heads 8 is not in"),
+])
+def test_bad_requests_are_refused(tiny_parent_dir, target, message):
+    with pytest.raises(StitchError, match=message):
+        target.check_against(load_config(tiny_parent_dir))
