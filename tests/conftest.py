@@ -58,3 +58,15 @@ def tiny_parent_dir(tmp_path_factory, smollm2):
         if (smol_dir / name).is_file():
             shutil.copy2(smol_dir / name, path / name)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sibling(tiny_parent_dir, tmp_path_factory):
+    """A sibling derived from the tiny parent by the real pipeline (prune + 2 healing steps): (dir, report, cfg)."""
+    from stitchllm.family.derive import DeriveConfig, derive
+    from stitchllm.family.prune import PruneTarget
+
+    out = tmp_path_factory.mktemp("sibling")
+    cfg = DeriveConfig(parent=str(tiny_parent_dir), target=PruneTarget(layers=2, hidden=32, heads=2, kv_heads=1,
+                       intermediate=48), calibration_tokens=2048, heal_tokens=4096)
+    return out, derive(cfg, out), cfg

@@ -6,19 +6,16 @@ import pytest
 import torch
 
 from stitchllm.errors import StitchError
-from stitchllm.family.derive import DeriveConfig, derive
+from stitchllm.family.derive import derive
 from stitchllm.family.prune import PruneTarget
 from stitchllm.models.batch import ForwardBatch
 from stitchllm.models.loader import load_config, load_model, load_tokenizer
 
-TARGET = PruneTarget(layers=2, hidden=32, heads=2, kv_heads=1, intermediate=48)
 
 
 @pytest.fixture(scope="module")
-def derived(tiny_parent_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("sibling")
-    cfg = DeriveConfig(parent=str(tiny_parent_dir), target=TARGET, calibration_tokens=2048, heal_tokens=4096)
-    return out, derive(cfg, out), cfg
+def derived(tiny_sibling):
+    return tiny_sibling
 
 
 def test_sizes_requested_are_sizes_produced(derived):

@@ -15,6 +15,8 @@ from stitchllm.errors import StitchError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Serve a family of LLMs block by block.")
 
 ModelOpt = Annotated[str, typer.Option("--model", help="Large model: 'default' (embedded SmolLM2), HF dir, .gguf or hub id.")]
+SmallOpt = Annotated[Optional[str], typer.Option("--small", help="Small model dir (default: the derived sibling).")]
+StitchesOpt = Annotated[Optional[str], typer.Option("--stitches", help="Stitch dir (default: the family's cache).")]
 
 
 def _quiet_libraries() -> None:
@@ -30,9 +32,12 @@ def generate(
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
     seed: Annotated[Optional[int], typer.Option(help="Seed for sampling.")] = None,
     chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the model's chat template.")] = False,
+    route: Annotated[str, typer.Option(help="Route to generate along (see `stitchllm routes`).")] = "large",
     model: ModelOpt = "default",
+    small: SmallOpt = None,
+    stitches: StitchesOpt = None,
 ) -> None:
-    """Complete PROMPT with the large model (KV cache, greedy by default), streaming tokens to stdout."""
+    """Complete PROMPT along a route (default: the large model), with a KV cache, streaming tokens to stdout."""
     from stitchllm.generation import generate as run_generate
     from stitchllm.generation import model_last_logits
     from stitchllm.models.loader import load_model, load_tokenizer
@@ -40,12 +45,20 @@ def generate(
     from stitchllm.sampling import SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
-    lm = load_model(model)
-    tokenizer = load_tokenizer(model, lm.config.vocab_size)
+    if route == "large":  # the large model alone needs no family
+        lm = load_model(model)
+        tokenizer = load_tokenizer(model, lm.config.vocab_size)
+        make_runner = lambda n: model_last_logits(lm, 1, n)  # noqa: E731
+    else:
+        from stitchllm.routing.catalog import load_catalog
+
+        catalog = load_catalog(model, small, stitches)
+        chosen, lm, tokenizer = catalog.route(route), catalog.family.large, catalog.family.tokenizer
+        make_runner = lambda n: catalog.executor.last_logits(chosen, 1, n)  # noqa: E731
     ids = encode_prompt(tokenizer, prompt, chat=chat, context=lm.max_positions)
     params.max_tokens = min(params.max_tokens, lm.max_positions - len(ids))
     stream = _TokenStream(tokenizer)
-    run_generate(model_last_logits(lm, 1, len(ids) + params.max_tokens), [ids], params,
+    run_generate(make_runner(len(ids) + params.max_tokens), [ids], params,
                  {tokenizer.eos_token_id}, on_token=lambda _, t: stream.push(t))
     stream.finish()
 
@@ -70,7 +83,6 @@ class _TokenStream:
 
 family_app = typer.Typer(no_args_is_help=True, help="Model families: derive a smaller sibling, show sizes.")
 app.add_typer(family_app, name="family")
-SmallOpt = Annotated[Optional[str], typer.Option("--small", help="Small model dir (default: the derived sibling).")]
 
 
 @family_app.command("derive")
@@ -82,7 +94,7 @@ def family_derive(
     heads: Annotated[int, typer.Option(help="Query heads.")] = 6,
     kv_heads: Annotated[int, typer.Option(help="Key/value heads.")] = 2,
     intermediate: Annotated[int, typer.Option(help="MLP channels.")] = 1536,
-    tokens: Annotated[int, typer.Option(help="Distillation tokens for healing (0: prune only).")] = 163840,
+    tokens: Annotated[int, typer.Option(help="Distillation tokens for healing (0: prune only).")] = 131072,
     seed: Annotated[int, typer.Option(help="Seed (data order, init).")] = 0,
     text: Annotated[Optional[str], typer.Option(help="Your own UTF-8 text instead of the stdlib docstrings.")] = None,
 ) -> None:
@@ -117,41 +129,48 @@ def family_show(
               f"{c.embedding_params / 1e6:>10.2f}M {c.non_embedding_params / 1e6:>10.2f}M {c.flops_per_token / 1e9:>9.3f}")
 
 
+
+
 @app.command("eval")
 def eval_command(
     text: Annotated[str, typer.Option("--text", help="UTF-8 text file to score.")],
-    routes: Annotated[str, typer.Option(help="Comma-separated routes to score: large, small.")] = "large",
+    routes: Annotated[str, typer.Option(help="'all' or comma-separated route names (see `stitchllm routes`).")] = "all",
     max_tokens: Annotated[Optional[int], typer.Option(help="Score at most this many tokens of the text.")] = None,
     window: Annotated[int, typer.Option(help="Scoring window in tokens (no BOS between windows).")] = 512,
+    init: Annotated[bool, typer.Option("--init", help="Use the least-squares stitches, before training.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     model: ModelOpt = "default",
     small: SmallOpt = None,
+    stitches: StitchesOpt = None,
 ) -> None:
-    """Perplexity, top-1 agreement and KL to the large model of each route, over a text file."""
-    from stitchllm.eval.perplexity import model_full_logits
+    """Perplexity, top-1 agreement and KL(large || route) of each route over a text file, ordered by cost."""
     from stitchllm.eval.quality import Candidate, evaluate
     from stitchllm.eval.text import read_text, token_windows
-    from stitchllm.family.derive import default_sibling_dir
-    from stitchllm.models.loader import load_model, load_tokenizer
+    from stitchllm.routing.route import large_route
 
-    names = [r.strip() for r in routes.split(",") if r.strip()]
-    unknown = [n for n in names if n not in ("large", "small")]
-    if unknown or not names:
-        raise StitchError(f"unknown route(s): {', '.join(unknown) or '(none)'}; available: large, small")
     if not 2 <= window <= 8192:
         raise StitchError(f"--window must be between 2 and 8192, got {window}")
     body = read_text(text)
-    large = load_model(model)
-    candidates = {"large": Candidate("large", 1.0, model_full_logits(large))}
-    if "small" in names:
-        small_dir = small or str(default_sibling_dir())
-        s = load_model(small_dir)
-        _check_same_vocab(large, s)
-        candidates["small"] = Candidate("small", s.config.flops_per_token / large.config.flops_per_token,
-                                        model_full_logits(s))
-    tokenizer = load_tokenizer(model, large.config.vocab_size)
+    if routes.strip() == "large":  # the large model alone needs no family
+        from stitchllm.eval.perplexity import model_full_logits
+        from stitchllm.models.loader import load_model, load_tokenizer
+
+        large = load_model(model)
+        tokenizer = load_tokenizer(model, large.config.vocab_size)
+        candidates = [Candidate("large", 1.0, model_full_logits(large))]
+        reference = candidates[0].full_logits
+    else:
+        from stitchllm.routing.catalog import load_catalog
+
+        catalog = load_catalog(model, small, stitches, which="init" if init else "trained")
+        executor, tokenizer = catalog.executor, catalog.family.tokenizer
+        candidates = [Candidate(r.name, catalog.relative_cost(r), executor.full_logits(r))
+                      for r in catalog.select(routes)]
+        large = catalog.family.large
+        reference = next((c.full_logits for c in candidates if c.name == "large"),
+                         executor.full_logits(large_route(catalog.configs)))
     windows = token_windows(body, tokenizer, min(window, large.max_positions), max_tokens)
-    rows = evaluate([candidates[n] for n in names], candidates["large"].full_logits, windows)
+    rows = evaluate(candidates, reference, windows)
     if as_json:
         print(json.dumps({"routes": rows}))
     else:
@@ -160,9 +179,160 @@ def eval_command(
                   f"kl {r['kl']:.4f}  tokens {r['tokens']}")
 
 
-def _check_same_vocab(large, small) -> None:
-    if large.config.vocab_size != small.config.vocab_size:
-        raise StitchError(f"tokenizer mismatch: large vocab {large.config.vocab_size}, small {small.config.vocab_size}")
+stitch_app = typer.Typer(no_args_is_help=True, help="Stitching layers between the family's two models.")
+app.add_typer(stitch_app, name="stitch")
+
+
+@stitch_app.command("build")
+def stitch_build(
+    cuts: Annotated[Optional[str], typer.Option(help="Comma-separated cut points k (default: every 3 blocks).")] = None,
+    steps: Annotated[int, typer.Option(help="Distillation steps (all stitches train each step).")] = 60,
+    model: ModelOpt = "default",
+    small: SmallOpt = None,
+    out: StitchesOpt = None,
+) -> None:
+    """Least-squares init, then KL distillation of every stitch; cached by family fingerprint."""
+    from pathlib import Path
+
+    from stitchllm.family.family import load_family
+    from stitchllm.stitch.build import StitchBuildConfig, build_stitches, stitches_dir
+    from stitchllm.stitch.train import StitchTrainConfig
+
+    family = load_family(model, small)
+    cut_list = tuple(int(c) for c in cuts.split(",")) if cuts else None
+    if cut_list and not all(0 < k < family.large.config.num_layers for k in cut_list):
+        raise StitchError(f"cut points must be in [1, {family.large.config.num_layers - 1}]")
+    cfg = StitchBuildConfig(cuts=cut_list, train=StitchTrainConfig(steps=steps))
+    directory = Path(out) if out else stitches_dir(family)
+    manifest = build_stitches(family, cfg, directory)
+    print(f"stitches at {directory} ({manifest['seconds']:.0f} s to build)")
+    for name, m in manifest["validation"]["trained"].items():
+        init = manifest["validation"]["init"][name]
+        print(f"{name:>10}  validation KL init {init['kl']:.4f} -> trained {m['kl']:.4f}   ppl {init['ppl']:.2f} -> {m['ppl']:.2f}")
+
+
+@app.command("routes")
+def routes_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    model: ModelOpt = "default",
+    small: SmallOpt = None,
+    stitches: StitchesOpt = None,
+) -> None:
+    """List the routes with their cost and, where the stitch build measured it, their validation quality."""
+    from stitchllm.routing.catalog import load_catalog
+    from stitchllm.stitch.build import stitches_dir
+    from stitchllm.stitch.store import MANIFEST
+
+    from pathlib import Path
+
+    catalog = load_catalog(model, small, stitches)
+    manifest_path = (Path(stitches) if stitches else stitches_dir(catalog.family)) / MANIFEST
+    quality = json.loads(manifest_path.read_text())["validation"]["trained"] if manifest_path.is_file() else {}
+    large_bytes = catalog.route("large").weight_bytes_per_step(catalog.configs)
+    rows = [{"name": r.name, "params": r.params(catalog.configs), "flops_per_token": r.flops_per_token(catalog.configs),
+             "cost": round(catalog.relative_cost(r), 4),
+             "weight_bytes_per_step": r.weight_bytes_per_step(catalog.configs),
+             "relative_bytes": round(r.weight_bytes_per_step(catalog.configs) / large_bytes, 4),
+             "segments": [[s.model, s.first, s.end] for s in r.segments],
+             "validation": quality.get(r.name)} for r in catalog.routes]
+    if as_json:
+        print(json.dumps({"routes": rows}))
+        return
+    print(f"{'route':>10} {'params':>9} {'MFLOP/tok':>10} {'cost':>6} {'MB/step':>8} {'val ppl':>8} {'val KL':>7}")
+    for r in rows:
+        q = r["validation"] or {}
+        print(f"{r['name']:>10} {r['params'] / 1e6:>8.1f}M {r['flops_per_token'] / 1e6:>10.1f} {r['cost']:>6.3f} "
+              f"{r['weight_bytes_per_step'] / 1e6:>8.1f} {q.get('ppl', float('nan')):>8.2f} {q.get('kl', float('nan')):>7.3f}")
+
+
+router_app = typer.Typer(no_args_is_help=True, help="The per-request router: train it, evaluate the policies.")
+app.add_typer(router_app, name="router")
+
+
+def _router_dir(catalog, stitch_dir):
+    from stitchllm.paths import stitchllm_home
+    from stitchllm.routing.router_train import stitches_fingerprint
+
+    return stitchllm_home() / "routers" / stitches_fingerprint(stitch_dir)
+
+
+def _stitch_dir(catalog, stitches):
+    from pathlib import Path
+
+    from stitchllm.stitch.build import stitches_dir
+
+    return Path(stitches) if stitches else stitches_dir(catalog.family)
+
+
+@router_app.command("train")
+def router_train(
+    requests: Annotated[int, typer.Option(help="Calibration requests to label.")] = 384,
+    model: ModelOpt = "default",
+    small: SmallOpt = None,
+    stitches: StitchesOpt = None,
+) -> None:
+    """Label calibration requests with every route's loss, fit the router MLP, calibrate thresholds (cached)."""
+    import json as _json
+
+    from stitchllm.routing.catalog import load_catalog
+    from stitchllm.routing.router_train import RouterTrainConfig, train_router
+
+    catalog = load_catalog(model, small, stitches, require_stitches=True)
+    stitch_dir = _stitch_dir(catalog, stitches)
+    out = _router_dir(catalog, stitch_dir)
+    cfg = RouterTrainConfig(requests=requests)
+    existing = out / "router.json"
+    if existing.is_file() and _json.loads(existing.read_text()).get("recipe") == __import__("dataclasses").asdict(cfg):
+        print(f"router at {out} is up to date")
+        return
+    manifest = train_router(catalog, stitch_dir, cfg, out)
+    print(f"router at {out}: train MSE {manifest['train_mse']:.4f}, {manifest['seconds']:.0f} s")
+
+
+@router_app.command("eval")
+def router_eval(
+    text: Annotated[str, typer.Option("--text", help="Held-out UTF-8 text to sample requests from.")],
+    requests: Annotated[int, typer.Option(help="Requests to sample from the text.")] = 256,
+    plot: Annotated[Optional[str], typer.Option(help="Write the curves as a PNG here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    model: ModelOpt = "default",
+    small: SmallOpt = None,
+    stitches: StitchesOpt = None,
+) -> None:
+    """Quality/cost curve, APGR and cost at 95% PGR of router, random, whole-model and oracle on held-out text."""
+    import torch
+
+    from stitchllm.eval.router_eval import evaluate_policies
+    from stitchllm.eval.text import read_text
+    from stitchllm.routing.catalog import load_catalog
+    from stitchllm.routing.dataset import build_dataset, sample_requests
+    from stitchllm.routing.policies import RoutingBatch
+    from stitchllm.routing.router_model import load_router
+    from stitchllm.routing.router_train import stitches_fingerprint
+
+    catalog = load_catalog(model, small, stitches, require_stitches=True)
+    stitch_dir = _stitch_dir(catalog, stitches)
+    router, manifest = load_router(_router_dir(catalog, stitch_dir), catalog.family.fingerprint(),
+                                   stitches_fingerprint(stitch_dir))
+    cfg = manifest["recipe"]
+    ids = torch.tensor(catalog.family.tokenizer(read_text(text), add_special_tokens=False)["input_ids"])
+    span = cfg["prompt_len"] + cfg["cont_len"]
+    n = min(requests, len(ids) // span)
+    if n < 8:
+        raise StitchError(f"text too short: {len(ids)} tokens make fewer than 8 requests of {span} tokens")
+    data = build_dataset(catalog, sample_requests(ids, n, cfg["prompt_len"], cfg["cont_len"]), cfg["prompt_len"])
+    batch = RoutingBatch(data.route_names, data.costs, predicted_loss=router(data.features), true_loss=data.loss)
+    report = evaluate_policies(batch, data.agree, ["router", "random", "whole-model", "oracle"])
+    report["requests"] = n
+    if plot:
+        from stitchllm.eval.plots import plot_router_curves
+
+        plot_router_curves(report, plot)
+    if as_json:
+        print(json.dumps(report))
+    else:
+        for name, r in report["policies"].items():
+            print(f"{name:>12}  APGR {r['apgr']:.3f}  cost at 95% PGR {r['cost_at_95']:.3f}")
 
 
 def main() -> None:

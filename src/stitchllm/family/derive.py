@@ -31,7 +31,7 @@ class DeriveConfig:
     parent: str = "default"
     target: PruneTarget = PruneTarget(layers=16, hidden=384, heads=6, kv_heads=2, intermediate=1536)
     calibration_tokens: int = 16384
-    heal_tokens: int = 163840
+    heal_tokens: int = 131072
     seed: int = 0
     text: str | None = None  # a user's own text file instead of the stdlib docstrings
 

@@ -1,0 +1,47 @@
+"""Matplotlib figures for the docs: route quality against cost, policy curves."""
+
+from __future__ import annotations
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_route_frontier(rows: list[dict], path: str, title: str) -> None:
+    """Perplexity and top-1 agreement of every route against its relative cost."""
+    plt = _pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    costs = [r["cost"] for r in rows]
+    a.plot(costs, [r["ppl"] for r in rows], "o-")
+    b.plot(costs, [r["top1_agree"] for r in rows], "o-", color="tab:green")
+    for r in rows:
+        a.annotate(r["name"], (r["cost"], r["ppl"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        b.annotate(r["name"], (r["cost"], r["top1_agree"]), fontsize=7, xytext=(3, -9), textcoords="offset points")
+    a.set(xlabel="cost (FLOPs/token relative to large)", ylabel="perplexity (held-out)", title=title)
+    b.set(xlabel="cost (FLOPs/token relative to large)", ylabel="top-1 agreement with large")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_router_curves(report: dict, path: str) -> None:
+    """Top-1 agreement against average cost for every policy."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for name, r in report["policies"].items():
+        curve = r["curve"]
+        ax.plot([c for c, _ in curve], [q for _, q in curve], ".-", label=f"{name} (APGR {r['apgr']:.2f})")
+    ax.set(xlabel="average cost (relative FLOPs/token)", ylabel="mean top-1 agreement with large",
+           title="Routing policies on held-out requests")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

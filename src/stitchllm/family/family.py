@@ -1,0 +1,54 @@
+"""Family: a large and a small model that share one tokenizer, loaded together and fingerprinted."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from stitchllm.errors import StitchError
+from stitchllm.models.decoder import DecoderModel
+from stitchllm.models.loader import load_model, load_tokenizer, resolve_model_dir
+
+
+def weights_fingerprint(model_dir: Path) -> str:
+    """Config hash plus a cheap hash of the weights file (size, first and last MiB): stitches are tied to it."""
+    h = hashlib.sha256((model_dir / "config.json").read_bytes())
+    for weights in sorted(model_dir.glob("*.safetensors")):
+        size = weights.stat().st_size
+        with weights.open("rb") as f:
+            h.update(str(size).encode() + f.read(1 << 20))
+            f.seek(max(0, size - (1 << 20)))
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Family:
+    """The two models every route is built from; `large` is the reference for quality and cost."""
+
+    large: DecoderModel
+    small: DecoderModel
+    large_dir: Path
+    small_dir: Path
+    tokenizer: object
+
+    def model(self, name: str) -> DecoderModel:
+        return {"large": self.large, "small": self.small}[name]
+
+    def fingerprint(self) -> dict[str, str]:
+        return {"large": weights_fingerprint(self.large_dir), "small": weights_fingerprint(self.small_dir)}
+
+
+def load_family(large: str | Path = "default", small: str | Path | None = None) -> Family:
+    """Load both models; refuses a pair whose tokenizers differ (their tokens would not mean the same)."""
+    from stitchllm.family.derive import default_sibling_dir
+
+    large_dir = resolve_model_dir(large)
+    small_dir = resolve_model_dir(small if small is not None else default_sibling_dir())
+    big, little = load_model(large_dir), load_model(small_dir)
+    tok_large = load_tokenizer(large_dir, big.config.vocab_size)
+    tok_small = load_tokenizer(small_dir, little.config.vocab_size)
+    if big.config.vocab_size != little.config.vocab_size or tok_large.get_vocab() != tok_small.get_vocab():
+        raise StitchError(f"tokenizer mismatch: {large_dir} and {small_dir} do not share one vocabulary")
+    return Family(big, little, large_dir, small_dir, tok_large)

@@ -1,0 +1,95 @@
+"""Route: a path of decoder blocks through a family, with its readable name and its cost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stitchllm.models.config import ModelConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """Blocks [first, end) of one model of the family ("large" or "small")."""
+
+    model: str
+    first: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Ordered segments; between two segments of different models sits a stitching layer.
+
+    The route embeds with its first segment's model and finishes with the last segment's norm and head.
+    """
+
+    segments: tuple[Segment, ...]
+
+    @property
+    def name(self) -> str:
+        if len(self.segments) == 1:
+            return self.segments[0].model
+        return "-".join(f"{s.model[0].upper()}{s.end if i == 0 else s.first}" for i, s in enumerate(self.segments))
+
+    @property
+    def stitches(self) -> list[tuple[int, int]]:
+        """(large blocks run, small entry block) of every large->small junction along the route."""
+        return [(a.end, b.first) for a, b in zip(self.segments, self.segments[1:])]
+
+    @property
+    def head_model(self) -> str:
+        return self.segments[-1].model
+
+    def flops_per_token(self, configs: dict[str, ModelConfig]) -> int:
+        """Matmul FLOPs per token: blocks run, stitches, and the final model's head."""
+        blocks = sum((s.end - s.first) * configs[s.model].block_flops_per_token for s in self.segments)
+        d_large, d_small = configs["large"].hidden_size, configs["small"].hidden_size
+        stitches = len(self.stitches) * 2 * d_large * d_small
+        return blocks + stitches + configs[self.head_model].head_flops_per_token
+
+    def _block_and_stitch_params(self, configs: dict[str, ModelConfig]) -> int:
+        blocks = sum((s.end - s.first) * configs[s.model].block_params for s in self.segments)
+        return blocks + len(self.stitches) * (configs["large"].hidden_size + 1) * configs["small"].hidden_size
+
+    def weight_bytes_per_step(self, configs: dict[str, ModelConfig], bytes_per_param: int = 4) -> int:
+        """Weights one decode step reads: every block used, the stitches, the final norm and head."""
+        head = configs[self.head_model]
+        return (self._block_and_stitch_params(configs) + (head.vocab_size + 1) * head.hidden_size) * bytes_per_param
+
+    def params(self, configs: dict[str, ModelConfig]) -> int:
+        """Parameters the route touches: blocks, stitches, its input embedding, final norm and head."""
+        first, head = configs[self.segments[0].model], configs[self.head_model]
+        shared = self.segments[0].model == self.head_model and head.tie_word_embeddings
+        tables = first.vocab_size * first.hidden_size + (0 if shared else head.vocab_size * head.hidden_size)
+        return self._block_and_stitch_params(configs) + tables + head.hidden_size
+
+
+def large_route(configs: dict[str, ModelConfig]) -> Route:
+    return Route((Segment("large", 0, configs["large"].num_layers),))
+
+
+def small_route(configs: dict[str, ModelConfig]) -> Route:
+    return Route((Segment("small", 0, configs["small"].num_layers),))
+
+
+def stitched_route(configs: dict[str, ModelConfig], cut: int, entry: int) -> Route:
+    return Route((Segment("large", 0, cut), Segment("small", entry, configs["small"].num_layers)))
+
+
+def default_cuts(num_large_layers: int, step: int = 3) -> list[int]:
+    """Cut points every `step` large blocks over the upper two thirds of the large model."""
+    return list(range(num_large_layers // 3, num_large_layers, step))
+
+
+def matched_entry(cut: int, configs: dict[str, ModelConfig]) -> int:
+    """The small model's entry block at the same relative depth: j = round(k * n_S / n_L), within [1, n_S - 1]."""
+    n_large, n_small = configs["large"].num_layers, configs["small"].num_layers
+    return min(max(1, round(cut * n_small / n_large)), n_small - 1)
+
+
+def enumerate_routes(configs: dict[str, ModelConfig], cuts: list[int] | None = None) -> list[Route]:
+    """small, every stitched route at the given cuts (entry matched by depth), and large, ordered by cost."""
+    cuts = default_cuts(configs["large"].num_layers) if cuts is None else cuts
+    routes = [small_route(configs), large_route(configs)]
+    routes += [stitched_route(configs, k, matched_entry(k, configs)) for k in cuts]
+    return sorted(routes, key=lambda r: r.flops_per_token(configs))

@@ -1,0 +1,56 @@
+"""RouterMLP: predicts, from pooled prompt features, how much quality each route would lose on this request."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from stitchllm.errors import StitchError
+
+
+class RouterMLP(nn.Module):
+    """Standardise features, one hidden layer, one output per route: predicted log(1 + KL to the large model)."""
+
+    def __init__(self, num_features: int, route_names: list[str], hidden: int = 128):
+        super().__init__()
+        self.route_names = list(route_names)
+        self.register_buffer("mean", torch.zeros(num_features))
+        self.register_buffer("std", torch.ones(num_features))
+        self.net = nn.Sequential(nn.Linear(num_features, hidden), nn.GELU(), nn.Linear(hidden, len(route_names)))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features [B, F] -> predicted loss [B, R] (>= 0; the large route is 0 by definition)."""
+        out = nn.functional.softplus(self.net((features - self.mean) / self.std))
+        if "large" in self.route_names:
+            out = out.clone()
+            out[:, self.route_names.index("large")] = 0.0
+        return out
+
+    def flops(self) -> int:
+        """Multiply-add FLOPs of one prediction."""
+        return sum(2 * m.in_features * m.out_features for m in self.net if isinstance(m, nn.Linear))
+
+
+def save_router(router: RouterMLP, out: Path, manifest: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in router.state_dict().items()}, out / "router.safetensors")
+    (out / "router.json").write_text(json.dumps(manifest | {"routes": router.route_names,
+                                                            "num_features": int(router.mean.shape[0]),
+                                                            "hidden": router.net[0].out_features}, indent=2))
+
+
+def load_router(directory: Path, family_fingerprint: dict, stitches_fingerprint: str) -> tuple[RouterMLP, dict]:
+    """Load a router; refuses one trained for another family or other stitches."""
+    path = directory / "router.json"
+    if not path.is_file():
+        raise StitchError(f"no router at {directory}; run `stitchllm router train`")
+    manifest = json.loads(path.read_text())
+    if manifest["family"] != family_fingerprint or manifest["stitches"] != stitches_fingerprint:
+        raise StitchError(f"router at {directory} was trained for another family or other stitches")
+    router = RouterMLP(manifest["num_features"], manifest["routes"], manifest["hidden"])
+    router.load_state_dict(load_file(directory / "router.safetensors"))
+    return router.eval().requires_grad_(False), manifest

@@ -1,0 +1,83 @@
+"""`router train`: label calibration requests by running every route, fit the router, calibrate thresholds."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from stitchllm.data.corpus import python_docs_text
+from stitchllm.routing.calibration import calibrate
+from stitchllm.routing.catalog import RouteCatalog
+from stitchllm.routing.dataset import RouterDataset, build_dataset, sample_requests, shared_blocks
+from stitchllm.routing.policies import RoutingBatch, make_policy
+from stitchllm.routing.router_model import RouterMLP, save_router
+
+TARGET_COSTS = [round(0.30 + 0.05 * i, 2) for i in range(15)]  # 0.30 .. 1.00
+
+
+@dataclass(frozen=True, slots=True)
+class RouterTrainConfig:
+    """Labelled requests (prompt + teacher-forced continuation) and the MLP fit."""
+
+    requests: int = 384
+    prompt_len: int = 64
+    cont_len: int = 32
+    hidden: int = 128
+    epochs: int = 400
+    lr: float = 3e-3
+    weight_decay: float = 1e-3
+    seed: int = 0
+
+
+def stitches_fingerprint(stitch_dir: Path) -> str:
+    return hashlib.sha256((stitch_dir / "trained.safetensors").read_bytes()).hexdigest()[:16]
+
+
+def fit_router(data: RouterDataset, cfg: RouterTrainConfig) -> tuple[RouterMLP, float]:
+    """Full-batch regression of log(1 + KL) per route; returns the router and its final training MSE."""
+    torch.manual_seed(cfg.seed)
+    router = RouterMLP(data.features.shape[1], data.route_names, cfg.hidden)
+    router.mean.copy_(data.features.mean(0))
+    router.std.copy_(data.features.std(0).clamp_min(1e-4))
+    optim = torch.optim.AdamW(router.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    target = data.loss
+    for _ in range(cfg.epochs):
+        loss = torch.nn.functional.mse_loss(router(data.features), target)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    router.eval().requires_grad_(False)
+    return router, float(loss.detach())
+
+
+def threshold_table(router: RouterMLP, data: RouterDataset) -> list[list[float]]:
+    """[target cost, threshold] pairs calibrated on the training requests (as RouteLLM does for a strong-call share)."""
+    batch = RoutingBatch(data.route_names, data.costs, predicted_loss=router(data.features))
+    policy = make_policy("router")
+    return [[c, calibrate(policy, batch, c)] for c in TARGET_COSTS]
+
+
+def train_router(catalog: RouteCatalog, stitch_dir: Path, cfg: RouterTrainConfig, out: Path) -> dict:
+    started = time.perf_counter()
+    tokenizer = catalog.family.tokenizer
+    ids = torch.tensor(tokenizer(python_docs_text("train"), add_special_tokens=False)["input_ids"])
+    requests = sample_requests(ids, cfg.requests, cfg.prompt_len, cfg.cont_len)
+    data = build_dataset(catalog, requests, cfg.prompt_len)
+    router, mse = fit_router(data, cfg)
+    manifest = {
+        "family": catalog.family.fingerprint(),
+        "stitches": stitches_fingerprint(stitch_dir),
+        "shared_blocks": shared_blocks(catalog),
+        "recipe": asdict(cfg),
+        "train_mse": mse,
+        "costs": data.costs,
+        "thresholds": threshold_table(router, data),
+        "flops_per_prediction": router.flops(),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    save_router(router, out, manifest)
+    return manifest

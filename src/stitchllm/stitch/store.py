@@ -1,0 +1,46 @@
+"""Save and load stitches: safetensors plus a JSON manifest that ties them to the family they were trained for."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from stitchllm.errors import StitchError
+from stitchllm.family.family import Family
+from stitchllm.stitch.layer import StitchLayer
+
+MANIFEST = "manifest.json"
+
+
+def save_stitches(stitches: dict[str, StitchLayer], out: Path, filename: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for key, s in stitches.items():
+        tensors[f"{key}.weight"] = s.proj.weight.detach().contiguous()
+        tensors[f"{key}.bias"] = s.proj.bias.detach().contiguous()
+    save_file(tensors, out / filename)
+
+
+def read_manifest(directory: Path) -> dict:
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise StitchError(f"no stitches at {directory} (missing {MANIFEST}); run `stitchllm stitch build`")
+    return json.loads(path.read_text())
+
+
+def load_stitches(family: Family, directory: Path, which: str = "trained") -> dict[str, StitchLayer]:
+    """The stitches in `directory` ("trained" or "init"); refuses them if they were made for another family."""
+    manifest = read_manifest(directory)
+    if manifest["family"] != family.fingerprint():
+        raise StitchError(f"stitches at {directory} were trained for another family "
+                          f"({manifest['family']}), not this one ({family.fingerprint()})")
+    tensors = load_file(directory / manifest["files"][which])
+    d_large, d_small = family.large.config.hidden_size, family.small.config.hidden_size
+    stitches = {}
+    for cut, entry in manifest["cuts"]:
+        layer = StitchLayer(d_large, d_small, cut, entry)
+        layer.set_affine(tensors[f"{layer.key}.weight"], tensors[f"{layer.key}.bias"])
+        stitches[layer.key] = layer.eval().requires_grad_(False)
+    return stitches

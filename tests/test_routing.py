@@ -1,0 +1,108 @@
+"""Policies on synthetic predictions, threshold calibration, the load controller, router manifests."""
+
+import pytest
+import torch
+
+from stitchllm.errors import StitchError
+from stitchllm.eval.router_eval import apgr, cost_at, evaluate_policies
+from stitchllm.routing.calibration import average_cost, calibrate
+from stitchllm.routing.controller import LoadController, LoadSignal, SLOConfig
+from stitchllm.routing.policies import RoutingBatch, make_policy
+from stitchllm.routing.router_model import RouterMLP, load_router, save_router
+
+NAMES = ["small", "L10-S5", "L20-S11", "large"]
+COSTS = [0.4, 0.6, 0.8, 1.0]
+
+
+def synthetic(n: int = 400, seed: int = 0) -> tuple[RoutingBatch, torch.Tensor]:
+    """Requests with a difficulty d: every route loses more on harder requests, stitched routes far less than the
+    small model; predictions are noisy truths."""
+    g = torch.Generator().manual_seed(seed)
+    difficulty = torch.rand(n, 1, generator=g)
+    scale = torch.tensor([[1.0, 0.35, 0.1, 0.0]])  # stitched routes keep most of the quality
+    true = difficulty * scale
+    predicted = (true + 0.05 * torch.randn(n, 4, generator=g)).clamp_min(0) * (scale > 0)
+    agree = 1.0 - true
+    return RoutingBatch(NAMES, COSTS, predicted_loss=predicted, true_loss=true, generator=g), agree
+
+
+def test_router_picks_cheapest_route_within_threshold():
+    batch = RoutingBatch(NAMES, COSTS, predicted_loss=torch.tensor([[0.9, 0.5, 0.2, 0.0], [0.1, 0.05, 0.0, 0.0]]))
+    policy = make_policy("router")
+    assert policy.choose(batch, 0.3).tolist() == [2, 0]
+    assert policy.choose(batch, 0.0).tolist() == [3, 2]
+    assert make_policy("whole-model").choose(batch, 0.3).tolist() == [3, 0]
+    assert make_policy("fixed:L10-S5").choose(batch, 0.3).tolist() == [1, 1]
+    with pytest.raises(StitchError, match="unknown policy"):
+        make_policy("smartest")
+
+
+def test_random_policy_share_follows_probability():
+    batch, _ = synthetic(4000)
+    picks = make_policy("random").choose(batch, 0.25)
+    assert abs(float((picks == 0).float().mean()) - 0.25) < 0.03
+    assert set(picks.tolist()) == {0, 3}
+
+
+@pytest.mark.parametrize("target", [0.5, 0.7, 0.9])
+def test_calibration_hits_target_cost_within_2_percent(target):
+    batch, _ = synthetic()
+    policy = make_policy("router")
+    knob = calibrate(policy, batch, target)
+    assert abs(average_cost(policy, batch, knob) - target) <= 0.02 * target
+
+
+def test_policy_ranking_on_synthetic_requests():
+    batch, agree = synthetic()
+    report = evaluate_policies(batch, agree, ["router", "random", "whole-model", "oracle"])["policies"]
+    assert report["random"]["apgr"] == pytest.approx(0.5, abs=0.03)
+    assert report["oracle"]["apgr"] >= report["router"]["apgr"] > report["whole-model"]["apgr"] > 0.5
+    assert report["router"]["cost_at_95"] < report["random"]["cost_at_95"]
+
+
+def test_apgr_of_straight_line_is_half():
+    assert apgr([[0.4, 0.6], [0.7, 0.8], [1.0, 1.0]], 0.4, 0.6) == pytest.approx(0.5)
+    assert cost_at([[0.4, 0.6], [0.7, 0.8], [1.0, 1.0]], 0.6) == 1.0
+
+
+def test_controller_sheds_cost_under_overload_and_returns_to_large():
+    slo = SLOConfig(ttft_ms=1000, tpot_ms=100, queue_depth=8, step=0.1, min_cost=0.4, dwell_s=1.0)
+    ctl = LoadController(slo)
+    calm = LoadSignal(waiting=0, ttft_p90_ms=200, tpot_p90_ms=40)
+    hot = LoadSignal(waiting=20, ttft_p90_ms=3000, tpot_p90_ms=150)
+    band = LoadSignal(waiting=6, ttft_p90_ms=700, tpot_p90_ms=70)  # pressure 0.75: inside the hysteresis band
+    t = 0.0
+    for _ in range(5):
+        t += 1.0
+        assert ctl.update(calm, t) == 1.0  # light load: everything on the large model
+    costs = []
+    for _ in range(10):
+        t += 1.0
+        costs.append(ctl.update(hot, t))
+    assert costs[0] == pytest.approx(0.9) and costs[-1] == pytest.approx(0.4)  # cheaper step by step, floored
+    held = [ctl.update(band, t + i + 1) for i in range(5)]
+    assert held == [pytest.approx(0.4)] * 5  # no oscillation inside the band
+    t += 10
+    assert ctl.update(hot, t + 0.5) == pytest.approx(0.4)
+    for i in range(10):
+        ctl.update(calm, t + 2 + i)
+    assert ctl.target_cost == 1.0
+
+
+def test_controller_respects_dwell_time():
+    ctl = LoadController(SLOConfig(dwell_s=5.0))
+    hot = LoadSignal(waiting=50, ttft_p90_ms=0, tpot_p90_ms=0)
+    assert ctl.update(hot, 10.0) == pytest.approx(0.9)
+    assert ctl.update(hot, 12.0) == pytest.approx(0.9)
+    assert ctl.update(hot, 15.5) == pytest.approx(0.8)
+
+
+def test_router_manifest_for_other_family_or_stitches_is_refused(tmp_path):
+    router = RouterMLP(8, NAMES, hidden=4)
+    save_router(router, tmp_path, {"family": {"large": "a", "small": "b"}, "stitches": "s1"})
+    loaded, _ = load_router(tmp_path, {"large": "a", "small": "b"}, "s1")
+    assert loaded(torch.zeros(1, 8))[0, -1] == 0.0  # large route: zero loss by definition
+    with pytest.raises(StitchError, match="another family or other stitches"):
+        load_router(tmp_path, {"large": "a", "small": "c"}, "s1")
+    with pytest.raises(StitchError, match="another family or other stitches"):
+        load_router(tmp_path, {"large": "a", "small": "b"}, "s2")

@@ -1,0 +1,103 @@
+"""Stitching: routes, least-squares identity, manifests tied to their family, cached generation along a route."""
+
+import pytest
+import torch
+
+from stitchllm.errors import StitchError
+from stitchllm.family.family import load_family
+from stitchllm.generation import generate
+from stitchllm.models.batch import ForwardBatch
+from stitchllm.models.config import ModelConfig
+from stitchllm.routing.catalog import build_catalog, load_catalog
+from stitchllm.routing.route import default_cuts, enumerate_routes, matched_entry
+from stitchllm.sampling import SamplingParams
+from stitchllm.stitch.build import StitchBuildConfig, build_stitches
+from stitchllm.stitch.init import paired_activations, ridge_affine
+from stitchllm.stitch.layer import StitchLayer
+from stitchllm.stitch.train import StitchTrainConfig
+
+
+def smollm2_like(layers: int, hidden: int) -> ModelConfig:
+    return ModelConfig(model_type="llama", vocab_size=49152, hidden_size=hidden, num_layers=layers,
+                       num_heads=hidden // 64, num_kv_heads=hidden // 192, head_dim=64, intermediate_size=1536,
+                       tie_word_embeddings=True)
+
+
+def test_route_enumeration_and_depth_matching():
+    configs = {"large": smollm2_like(30, 576), "small": smollm2_like(16, 384)}
+    assert default_cuts(30) == [10, 13, 16, 19, 22, 25, 28]
+    assert [matched_entry(k, configs) for k in default_cuts(30)] == [5, 7, 9, 10, 12, 13, 15]
+    routes = enumerate_routes(configs)
+    names = [r.name for r in routes]
+    assert names[0] == "small" and names[-1] == "large" and "L16-S9" in names and len(names) == 9
+    costs = [r.flops_per_token(configs) for r in routes]
+    assert costs == sorted(costs)  # ordered by cost; leaving later costs more
+    stitched = next(r for r in routes if r.name == "L16-S9")
+    large = routes[-1]
+    expected = (16 * configs["large"].block_flops_per_token + 7 * configs["small"].block_flops_per_token
+                + 2 * 576 * 384 + configs["small"].head_flops_per_token)
+    assert stitched.flops_per_token(configs) == expected
+    assert large.params(configs) == configs["large"].total_params
+
+
+@pytest.fixture(scope="module")
+def self_family(tiny_parent_dir):
+    """The tiny parent stitched to itself: a stitch at equal depth must learn the identity."""
+    return load_family(tiny_parent_dir, tiny_parent_dir)
+
+
+def test_self_stitch_least_squares_reproduces_the_model(self_family):
+    ids = torch.randint(0, 49152, (4096,), generator=torch.Generator().manual_seed(0))
+    pairs = paired_activations(self_family, list(ids.split(512)), [(2, 2)])
+    stitch = StitchLayer(64, 64, 2, 2)
+    stitch.set_affine(*ridge_affine(*pairs[(2, 2)], ridge=1e-8))
+    catalog = build_catalog(self_family, {stitch.key: stitch})
+    route = catalog.route("L2-S2")
+    probe = torch.randint(0, 49152, (40,), generator=torch.Generator().manual_seed(1))
+    batch = ForwardBatch([0], [0], [40])
+    expected = self_family.large(probe, batch)
+    got = catalog.executor.full_logits(route)(probe, batch)
+    torch.testing.assert_close(got, expected, atol=1e-3, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_stitches(tiny_parent_dir, tiny_sibling, tmp_path_factory):
+    family = load_family(tiny_parent_dir, tiny_sibling[0])
+    out = tmp_path_factory.mktemp("stitches")
+    cfg = StitchBuildConfig(cuts=(2, 3), calibration_tokens=4096, validation_tokens=1024,
+                            train=StitchTrainConfig(steps=3))
+    return family, out, build_stitches(family, cfg, out)
+
+
+def test_build_writes_manifest_with_metrics(tiny_stitches):
+    family, out, manifest = tiny_stitches
+    assert manifest["family"] == family.fingerprint()
+    assert manifest["cuts"] == [[2, 1], [3, 1]]  # entry matched by depth: round(k * 2 / 4), at least 1
+    assert set(manifest["validation"]["init"]) == {"small", "L2-S1", "L3-S1", "large"}
+    assert manifest["validation"]["trained"]["large"]["kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_manifest_for_another_family_is_refused(tiny_stitches, tiny_parent_dir, tiny_sibling, tmp_path):
+    from conftest import save_tiny_hf_model
+    import shutil
+
+    _, out, _ = tiny_stitches
+    other = tmp_path / "other-parent"
+    save_tiny_hf_model(other, "llama", seed=7, vocab_size=49152, hidden_size=64, num_hidden_layers=4,
+                       intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    shutil.copy2(tiny_parent_dir / "tokenizer.json", other / "tokenizer.json")
+    shutil.copy2(tiny_parent_dir / "tokenizer_config.json", other / "tokenizer_config.json")
+    with pytest.raises(StitchError, match="trained for another family"):
+        load_catalog(str(other), str(tiny_sibling[0]), str(out))
+
+
+def test_generation_along_route_equals_full_scoring(tiny_stitches, tiny_parent_dir, tiny_sibling):
+    _, out, _ = tiny_stitches
+    catalog = load_catalog(str(tiny_parent_dir), str(tiny_sibling[0]), str(out))
+    route = catalog.route("L3-S1")
+    prompt = torch.randint(0, 49152, (11,), generator=torch.Generator().manual_seed(2)).tolist()
+    params = SamplingParams(max_tokens=12, ignore_eos=True)
+    (new,) = generate(catalog.executor.last_logits(route, 1, 32), [prompt], params, set())
+    ids = torch.tensor(prompt + new)
+    logits = catalog.executor.full_logits(route)(ids, ForwardBatch([0], [0], [len(ids)]))
+    assert logits[len(prompt) - 1 : -1].argmax(-1).tolist() == new
