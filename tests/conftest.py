@@ -70,3 +70,24 @@ def tiny_sibling(tiny_parent_dir, tmp_path_factory):
     cfg = DeriveConfig(parent=str(tiny_parent_dir), target=PruneTarget(layers=2, hidden=32, heads=2, kv_heads=1,
                        intermediate=48), calibration_tokens=2048, heal_tokens=4096)
     return out, derive(cfg, out), cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_catalog(tiny_parent_dir, tiny_sibling, tmp_path_factory):
+    """Tiny family with trained stitches at cuts 2 and 3 and a router trained on a few requests."""
+    from stitchllm.family.family import load_family
+    from stitchllm.routing.catalog import load_catalog
+    from stitchllm.routing.router_model import load_router
+    from stitchllm.routing.router_train import RouterTrainConfig, stitches_fingerprint, train_router
+    from stitchllm.stitch.build import StitchBuildConfig, build_stitches
+    from stitchllm.stitch.train import StitchTrainConfig
+
+    family = load_family(tiny_parent_dir, tiny_sibling[0])
+    stitch_dir = tmp_path_factory.mktemp("stitches")
+    build_stitches(family, StitchBuildConfig(cuts=(2, 3), calibration_tokens=4096, validation_tokens=1024,
+                                             train=StitchTrainConfig(steps=3)), stitch_dir)
+    catalog = load_catalog(str(tiny_parent_dir), str(tiny_sibling[0]), str(stitch_dir))
+    router_dir = tmp_path_factory.mktemp("router")
+    train_router(catalog, stitch_dir, RouterTrainConfig(requests=48, epochs=50), router_dir)
+    router, manifest = load_router(router_dir, family.fingerprint(), stitches_fingerprint(stitch_dir))
+    return catalog, stitch_dir, router, manifest

@@ -50,8 +50,12 @@ class RotaryTable(torch.nn.Module):
             positions = torch.arange(self.max_positions, dtype=torch.float32)
             freqs = torch.outer(positions, inv_freq)  # [P, hd/2]
             emb = torch.cat((freqs, freqs), dim=-1)  # [P, hd]: the rotate-half layout of HF Llama
+            sin = emb.sin() * scaling
+            half = sin.shape[-1] // 2
+            # rotate_half(x) = [-x2, x1]; folding its sign into sin makes rotation cat + mul + addcmul
+            sin[:, :half] = -sin[:, :half]
         self.register_buffer("cos", emb.cos() * scaling, persistent=False)
-        self.register_buffer("sin", emb.sin() * scaling, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
 
     def lookup(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """positions [T] -> cos, sin [T, 1, hd] (broadcast over heads)."""
@@ -60,8 +64,8 @@ class RotaryTable(torch.nn.Module):
         return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, heads, hd] rotated by cos/sin [T, 1, hd]."""
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x [T, heads, hd] rotated by cos and sign-folded sin [T, 1, hd] (see RotaryTable.reset)."""
     half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    swapped = torch.cat((x[..., half:], x[..., :half]), dim=-1)
+    return torch.addcmul(x * cos, swapped, signed_sin)

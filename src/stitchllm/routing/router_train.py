@@ -54,11 +54,12 @@ def fit_router(data: RouterDataset, cfg: RouterTrainConfig) -> tuple[RouterMLP, 
     return router, float(loss.detach())
 
 
-def threshold_table(router: RouterMLP, data: RouterDataset) -> list[list[float]]:
-    """[target cost, threshold] pairs calibrated on the training requests (as RouteLLM does for a strong-call share)."""
+def threshold_table(router: RouterMLP, data: RouterDataset) -> dict[str, list[list[float]]]:
+    """Per threshold policy, [target cost, threshold] pairs calibrated on the training requests (as RouteLLM
+    calibrates a threshold for a target share of strong-model calls)."""
     batch = RoutingBatch(data.route_names, data.costs, predicted_loss=router(data.features))
-    policy = make_policy("router")
-    return [[c, calibrate(policy, batch, c)] for c in TARGET_COSTS]
+    return {name: [[c, calibrate(make_policy(name), batch, c)] for c in TARGET_COSTS]
+            for name in ("router", "whole-model")}
 
 
 def train_router(catalog: RouteCatalog, stitch_dir: Path, cfg: RouterTrainConfig, out: Path) -> dict:

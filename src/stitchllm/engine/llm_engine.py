@@ -1,0 +1,174 @@
+"""LLMEngine: the step loop (schedule -> run -> postprocess), route choice at admission, load control."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+
+import numpy as np
+import torch
+
+from stitchllm.engine.config import EngineConfig
+from stitchllm.engine.kv_manager import KVCacheManager
+from stitchllm.engine.request import Phase, Request, RequestOutput
+from stitchllm.engine.runner import ModelRunner
+from stitchllm.engine.scheduler import Scheduler
+from stitchllm.errors import StitchError
+from stitchllm.models.kv_cache import KVCache
+from stitchllm.routing.catalog import RouteCatalog
+from stitchllm.routing.controller import LoadController, LoadSignal
+from stitchllm.routing.dataset import shared_blocks
+from stitchllm.routing.policies import RoutingBatch, make_policy
+from stitchllm.routing.router_model import RouterMLP
+from stitchllm.sampling import SamplingParams
+
+ADAPTIVE = "auto"
+
+
+def slots_for_budget(catalog: RouteCatalog, config: EngineConfig) -> dict[str, int]:
+    """Slots per model: from the KV budget (a slot in each model per sequence), else max_num_seqs."""
+    if config.kv_budget_mb is None:
+        return {"large": config.max_num_seqs, "small": config.max_num_seqs}
+    per_seq = sum(KVCache.bytes_per_token(m.config, m.config.num_layers) * config.max_model_len
+                  for m in (catalog.family.large, catalog.family.small))
+    n = int(config.kv_budget_mb * 2**20 // per_seq)
+    if n < 1:
+        raise StitchError(f"kv budget {config.kv_budget_mb} MB holds no sequence of {config.max_model_len} tokens")
+    return {"large": n, "small": n}
+
+
+class LLMEngine:
+    """Continuous batching over a family's routes. Not thread-safe: one thread drives `step()`."""
+
+    def __init__(self, catalog: RouteCatalog, config: EngineConfig, router: RouterMLP | None = None,
+                 thresholds: dict[str, list[list[float]]] | None = None):
+        self.catalog, self.config = catalog, config
+        self.route_names = [r.name for r in catalog.routes]
+        self.costs = [catalog.relative_cost(r) for r in catalog.routes]
+        needs_router = config.policy in (ADAPTIVE, "router", "whole-model")
+        if needs_router and router is None:
+            raise StitchError(f"policy {config.policy!r} needs a trained router; run `stitchllm router train`")
+        self.policy = make_policy("router" if config.policy == ADAPTIVE else config.policy)
+        self.router, self.thresholds = router, thresholds or {}
+        self.controller = LoadController(config.slo)
+        self.kv = KVCacheManager(slots_for_budget(catalog, config))
+        self.scheduler = Scheduler(config, self.kv)
+        self.runner = ModelRunner(catalog, router, self.kv.capacity, config.max_model_len, shared_blocks(catalog))
+        self.requests: dict[str, Request] = {}
+        self.route_counts: Counter[str] = Counter()
+        self.recent_ttft: deque[float] = deque(maxlen=64)
+        self.recent_tpot: deque[float] = deque(maxlen=64)
+        self.eos_ids = {catalog.family.tokenizer.eos_token_id}
+        self._rng = torch.Generator().manual_seed(config.seed)
+
+    # ---- requests --------------------------------------------------------------------------------
+
+    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams, route: str | None = None) -> None:
+        """Queue a request; `route` pins it (a route name), None lets the policy choose."""
+        if not prompt_ids:
+            raise StitchError("prompt is empty")
+        if len(prompt_ids) + 1 > self.config.max_model_len:
+            raise StitchError(f"prompt is {len(prompt_ids)} tokens; max_model_len is {self.config.max_model_len}")
+        if route is not None and route not in self.route_names:
+            raise StitchError(f"unknown route {route!r}; available: {', '.join(self.route_names)}")
+        if route is None and self.config.policy.startswith("fixed:"):
+            route = self.config.policy.split(":", 1)[1]
+        if route is None and self.config.policy == "random":
+            route = self.route_names[int(self.policy.choose(self._batch(None), self._knob()))]
+        r = Request(request_id, list(prompt_ids), params, route=route, pinned=route is not None)
+        self.requests[request_id] = r
+        self.scheduler.add(r)
+
+    def abort(self, request_id: str) -> None:
+        r = self.requests.get(request_id)
+        if r is not None and not r.is_finished:
+            self._finish(r, "abort")
+
+    def has_unfinished(self) -> bool:
+        return bool(self.scheduler.waiting or self.scheduler.running)
+
+    # ---- the step ---------------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        items = self.scheduler.schedule()
+        if not items:
+            return []
+        result = self.runner.run(items)
+        now = time.monotonic()
+        outputs = []
+        for it in items:
+            r = self.requests[it.request_id]
+            if r.is_finished:
+                continue
+            if it.kind == "bottom":
+                r.bottom_done += len(it.token_ids)
+                if it.last_chunk:
+                    self._choose_route(r, result.predicted_loss[r.request_id])
+                continue
+            if it.kind == "routed":
+                r.phase = Phase.DECODE
+                r.first_token_at = now
+                self.recent_ttft.append((now - r.arrival) * 1000)
+                self.route_counts[r.route] += 1
+            elif r.last_token_at is not None:
+                self.recent_tpot.append((now - r.last_token_at) * 1000)
+            r.last_token_at = now
+            token = result.sampled[r.request_id]
+            r.output_ids.append(token)
+            reason = self._stop_reason(r, token)
+            if reason:
+                self._finish(r, reason)
+            outputs.append(RequestOutput(r.request_id, [token], r.is_finished, r.finish_reason, r.route,
+                                         r.prompt_len, len(r.output_ids)))
+        self._update_controller(now)
+        return outputs
+
+    def _stop_reason(self, r: Request, token: int) -> str | None:
+        p = r.params
+        if (token in self.eos_ids and not p.ignore_eos) or token in p.stop_token_ids:
+            return "stop"
+        if len(r.output_ids) >= p.max_tokens or r.num_tokens >= self.config.max_model_len:
+            return "length"
+        return None
+
+    def _finish(self, r: Request, reason: str) -> None:
+        self.scheduler.finish(r, reason)
+        self.runner.release(r.request_id)
+
+    # ---- routing ------------------------------------------------------------------------------------
+
+    def _batch(self, predicted: list[float] | None) -> RoutingBatch:
+        pred = None if predicted is None else torch.tensor([predicted])
+        return RoutingBatch(self.route_names, self.costs, predicted_loss=pred, generator=self._rng)
+
+    def _knob(self) -> float:
+        """The policy's operating point: from the controller's target cost (auto) or the static target."""
+        target = self.controller.target_cost if self.config.policy == ADAPTIVE else self.config.static_cost
+        if self.policy.name == "random":
+            small_cost = self.costs[self.route_names.index("small")]
+            return float(np.clip((1.0 - target) / (1.0 - small_cost), 0.0, 1.0))
+        table = self.thresholds.get(self.policy.name)
+        if not table:
+            return 0.0
+        costs, knobs = zip(*sorted(table))
+        return float(np.interp(target, costs, knobs))
+
+    def _choose_route(self, r: Request, predicted: list[float]) -> None:
+        if self.config.policy == ADAPTIVE and self.controller.target_cost >= 1.0:
+            route = "large"  # light load: everyone gets the full large model
+        else:
+            route = self.route_names[int(self.policy.choose(self._batch(predicted), self._knob())[0])]
+        self.scheduler.set_route(r, route)
+
+    def _update_controller(self, now: float) -> None:
+        if self.config.policy != ADAPTIVE:
+            return
+        p90 = lambda xs: float(np.percentile(xs, 90)) if xs else 0.0  # noqa: E731
+        self.controller.update(LoadSignal(len(self.scheduler.waiting), p90(self.recent_ttft), p90(self.recent_tpot)), now)
+
+    # ---- observability ------------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
+                "kv_usage": self.kv.usage(), "kv_slots_used": sum(self.kv.used().values()),
+                "target_cost": self.controller.target_cost, "routes": dict(self.route_counts)}

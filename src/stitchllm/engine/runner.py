@@ -1,0 +1,123 @@
+"""ModelRunner: owns the tensors (weights, KV caches, stored prompt states) and runs one step of work items.
+
+Block-level execution: every item's tokens climb a "ladder" of the large model's blocks; items leave it at their
+cut (or at the shared bottom, for prompts still being routed), cross their stitch, and climb the small model's
+blocks from their entry block. Between two block indices where no item enters or leaves, all present tokens run
+as one packed batch, so blocks shared by several routes run once for all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from stitchllm.engine.work import RunnerOutput, WorkItem
+from stitchllm.models.batch import ForwardBatch
+from stitchllm.models.decoder import DecoderModel
+from stitchllm.models.kv_cache import KVCache
+from stitchllm.routing.catalog import RouteCatalog
+from stitchllm.routing.features import pool_features
+from stitchllm.routing.router_model import RouterMLP
+from stitchllm.sampling import sample
+
+
+@dataclass
+class _Climb:
+    """One item's way through one model: blocks [first, end) starting from `hidden` [n, d]."""
+
+    item: WorkItem
+    first: int
+    end: int
+    hidden: torch.Tensor
+
+
+def _ladder(model: DecoderModel, cache: KVCache, model_name: str, climbs: list[_Climb]) -> None:
+    """Run every climb through its blocks, batching all climbs present between consecutive entry/exit points."""
+    bounds = sorted({c.first for c in climbs} | {c.end for c in climbs})
+    for lo, hi in zip(bounds, bounds[1:]):
+        members = [c for c in climbs if c.first <= lo and c.end >= hi]
+        if not members:
+            continue
+        batch = ForwardBatch([c.item.slots[model_name] for c in members], [c.item.start for c in members],
+                             [len(c.item.token_ids) for c in members])
+        hidden = model.run_blocks(torch.cat([c.hidden for c in members]), batch, cache, lo, hi)
+        for c, h in zip(members, hidden.split(batch.lengths)):
+            c.hidden = h
+
+
+class ModelRunner:
+    """Executes WorkItems; the only engine part that touches tensors."""
+
+    def __init__(self, catalog: RouteCatalog, router: RouterMLP | None, slots: dict[str, int], max_model_len: int,
+                 shared_blocks: int):
+        self.catalog, self.router = catalog, router
+        fam = catalog.family
+        self.models = {"large": fam.large, "small": fam.small}
+        self.caches = {m: self.models[m].new_cache(n, max_model_len) for m, n in slots.items() if n > 0}
+        self.shared_blocks = shared_blocks
+        self.bottom_states: dict[str, list[torch.Tensor]] = {}  # prompt states after the shared bottom
+        self.generators: dict[str, torch.Generator | None] = {}
+
+    def release(self, request_id: str) -> None:
+        self.bottom_states.pop(request_id, None)
+        self.generators.pop(request_id, None)
+
+    @torch.inference_mode()
+    def run(self, items: list[WorkItem]) -> RunnerOutput:
+        large, small = self.models["large"], self.models["small"]
+        out = RunnerOutput()
+        l_climbs, s_climbs, finals = [], [], []  # finals: (item, model name, climb)
+        for it in items:
+            ids = torch.tensor(it.token_ids)
+            if it.route == "small":
+                c = _Climb(it, 0, small.config.num_layers, small.embed(ids))
+                s_climbs.append(c)
+                finals.append((it, "small", c))
+                continue
+            if it.kind == "bottom":
+                end = self.shared_blocks
+            elif it.route == "large":
+                end = large.config.num_layers
+            else:
+                end = self.catalog.route(it.route).stitches[0][0]
+            if it.kind == "routed" and it.from_bottom:  # continue from the states the router already read
+                c = _Climb(it, self.shared_blocks, end, torch.cat(self.bottom_states.pop(it.request_id)))
+            else:
+                c = _Climb(it, 0, end, large.embed(ids))
+            l_climbs.append(c)
+            if it.route == "large":
+                finals.append((it, "large", c))
+        _ladder(large, self.caches.get("large"), "large", l_climbs)
+        for c in l_climbs:
+            it = c.item
+            if it.kind == "bottom":
+                self.bottom_states.setdefault(it.request_id, []).append(c.hidden)
+                if it.last_chunk and self.router is not None:
+                    states = torch.cat(self.bottom_states[it.request_id])
+                    feats = pool_features(states, [len(states)])
+                    out.predicted_loss[it.request_id] = self.router(feats)[0].tolist()
+            elif it.route != "large":
+                cut, entry = self.catalog.route(it.route).stitches[0]
+                s = _Climb(it, entry, small.config.num_layers, self.catalog.executor.stitch(cut, entry)(c.hidden))
+                s_climbs.append(s)
+                finals.append((it, "small", s))
+        _ladder(small, self.caches.get("small"), "small", s_climbs)
+        self._sample(finals, out)
+        return out
+
+    def _sample(self, finals: list, out: RunnerOutput) -> None:
+        """Norm and head on each sampling item's last token, one batched head per model, then per-request sampling."""
+        for name in ("large", "small"):
+            group = [(it, c) for it, m, c in finals if m == name and it.samples]
+            if not group:
+                continue
+            model = self.models[name]
+            logits = model.head(model.norm(torch.stack([c.hidden[-1] for _, c in group])))  # [B, V]
+            gens = []
+            for it, _ in group:
+                if it.request_id not in self.generators:
+                    self.generators[it.request_id] = it.params.make_generator()
+                gens.append(self.generators[it.request_id])
+            for (it, _), token in zip(group, sample(logits, [it.params for it, _ in group], gens)):
+                out.sampled[it.request_id] = token
