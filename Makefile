@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install artifacts run test bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,14 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-run: install
-	$(VENV)/bin/stitchllm generate --chat "Explain in two sentences why the sky is blue." --max-tokens 96
+# Built once, cached under $$STITCHLLM_HOME: the derived sibling (~20 min), its stitches (~15 min), the router.
+artifacts: install
+	$(VENV)/bin/stitchllm family derive
+	$(VENV)/bin/stitchllm stitch build
+	$(VENV)/bin/stitchllm router train
+
+run: artifacts
+	$(VENV)/bin/stitchllm serve --host 127.0.0.1 --port 8000
 
 test: install
 	$(PY) -m pytest tests

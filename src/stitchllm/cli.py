@@ -186,7 +186,7 @@ app.add_typer(stitch_app, name="stitch")
 @stitch_app.command("build")
 def stitch_build(
     cuts: Annotated[Optional[str], typer.Option(help="Comma-separated cut points k (default: every 3 blocks).")] = None,
-    steps: Annotated[int, typer.Option(help="Distillation steps (all stitches train each step).")] = 60,
+    steps: Annotated[int, typer.Option(help="Distillation steps (all stitches train each step).")] = 40,
     model: ModelOpt = "default",
     small: SmallOpt = None,
     out: StitchesOpt = None,
@@ -333,6 +333,59 @@ def router_eval(
     else:
         for name, r in report["policies"].items():
             print(f"{name:>12}  APGR {r['apgr']:.3f}  cost at 95% PGR {r['cost_at_95']:.3f}")
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind (loopback unless told otherwise).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    policy: Annotated[str, typer.Option(help="auto | router | random | whole-model | fixed:<route>.")] = "auto",
+    max_model_len: Annotated[int, typer.Option(help="Longest prompt + completion, in tokens.")] = 2048,
+    max_num_seqs: Annotated[int, typer.Option(help="Most sequences holding KV cache at once.")] = 32,
+    max_num_batched_tokens: Annotated[int, typer.Option(help="Token budget per engine step.")] = 512,
+    kv_budget_mb: Annotated[Optional[float], typer.Option(help="KV-cache budget; sets max_num_seqs from it.")] = None,
+    slo_ttft_ms: Annotated[float, typer.Option(help="TTFT target for the load controller.")] = 2000.0,
+    slo_tpot_ms: Annotated[float, typer.Option(help="Time-per-output-token target for the load controller.")] = 200.0,
+    api_key: Annotated[Optional[str], typer.Option(envvar="STITCHLLM_API_KEY", help="Require this bearer key on /v1.")] = None,
+    model: ModelOpt = "default",
+    small: SmallOpt = None,
+    stitches: StitchesOpt = None,
+) -> None:
+    """OpenAI-compatible HTTP server (completions, chat, streaming, /v1/models, /health, /metrics)."""
+    import uvicorn
+
+    from stitchllm.engine.async_engine import AsyncEngine
+    from stitchllm.engine.build import build_engine
+    from stitchllm.engine.config import EngineConfig
+    from stitchllm.routing.controller import SLOConfig
+    from stitchllm.server.app import create_app
+
+    config = EngineConfig(max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+                          max_num_batched_tokens=max_num_batched_tokens, kv_budget_mb=kv_budget_mb, policy=policy,
+                          slo=SLOConfig(ttft_ms=slo_ttft_ms, tpot_ms=slo_tpot_ms))
+    engine = build_engine(config, model, small, stitches)
+    app = create_app(AsyncEngine(engine), engine.catalog.family.tokenizer, api_key)
+    print(f"serving routes {', '.join(engine.route_names)} (policy {policy}) on http://{host}:{port}", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+
+
+@app.command("text")
+def text_command(
+    split: Annotated[str, typer.Argument(help="train | validation | heldout")] = "heldout",
+    out: Annotated[Optional[str], typer.Option(help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Export a split of the built-in corpus (Python stdlib docstrings) as UTF-8 text."""
+    from stitchllm.data.corpus import SPLITS, python_docs_text
+
+    if split not in SPLITS:
+        raise StitchError(f"split must be one of {', '.join(SPLITS)}")
+    text = python_docs_text(split)
+    if out:
+        from pathlib import Path
+
+        Path(out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
 
 
 def main() -> None:

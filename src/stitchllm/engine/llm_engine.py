@@ -63,14 +63,18 @@ class LLMEngine:
 
     # ---- requests --------------------------------------------------------------------------------
 
-    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams, route: str | None = None) -> None:
-        """Queue a request; `route` pins it (a route name), None lets the policy choose."""
+    def validate(self, prompt_ids: list[int], route: str | None) -> None:
+        """Refuse what can never run: an empty prompt, one with no room to generate, an unknown route."""
         if not prompt_ids:
             raise StitchError("prompt is empty")
         if len(prompt_ids) + 1 > self.config.max_model_len:
             raise StitchError(f"prompt is {len(prompt_ids)} tokens; max_model_len is {self.config.max_model_len}")
         if route is not None and route not in self.route_names:
             raise StitchError(f"unknown route {route!r}; available: {', '.join(self.route_names)}")
+
+    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams, route: str | None = None) -> None:
+        """Queue a request; `route` pins it (a route name), None lets the policy choose."""
+        self.validate(prompt_ids, route)
         if route is None and self.config.policy.startswith("fixed:"):
             route = self.config.policy.split(":", 1)[1]
         if route is None and self.config.policy == "random":

@@ -24,7 +24,7 @@ from stitchllm.stitch.layer import StitchLayer
 class StitchTrainConfig:
     """Schedule of stitch distillation; `lm_weight` mixes in the next-token loss on the text itself."""
 
-    steps: int = 60
+    steps: int = 40
     batch: int = 2
     seq_len: int = 256
     lr: float = 1e-3
