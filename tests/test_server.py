@@ -43,7 +43,7 @@ def test_models_lists_auto_and_every_route(client, tiny_catalog):
 
 def test_completion_names_its_route_and_usage(client):
     raw = client.completions.with_raw_response.create(model="auto", prompt="The quick brown fox", max_tokens=5,
-                                                      temperature=0, ignore_eos=True)
+                                                      temperature=0, extra_body={"ignore_eos": True})
     body = raw.parse()
     assert raw.headers["x-stitchllm-route"] == body.model_extra["route"] == "large"  # light load: large model
     assert body.usage.completion_tokens == 5 and body.usage.prompt_tokens == 4

@@ -144,9 +144,8 @@ def eval_command(
     stitches: StitchesOpt = None,
 ) -> None:
     """Perplexity, top-1 agreement and KL(large || route) of each route over a text file, ordered by cost."""
-    from stitchllm.eval.quality import Candidate, evaluate
+    from stitchllm.eval.quality import Candidate, evaluate, evaluate_routes
     from stitchllm.eval.text import read_text, token_windows
-    from stitchllm.routing.route import large_route
 
     if not 2 <= window <= 8192:
         raise StitchError(f"--window must be between 2 and 8192, got {window}")
@@ -163,14 +162,13 @@ def eval_command(
         from stitchllm.routing.catalog import load_catalog
 
         catalog = load_catalog(model, small, stitches, which="init" if init else "trained")
-        executor, tokenizer = catalog.executor, catalog.family.tokenizer
-        candidates = [Candidate(r.name, catalog.relative_cost(r), executor.full_logits(r))
-                      for r in catalog.select(routes)]
-        large = catalog.family.large
-        reference = next((c.full_logits for c in candidates if c.name == "large"),
-                         executor.full_logits(large_route(catalog.configs)))
+        tokenizer, large = catalog.family.tokenizer, catalog.family.large
+        chosen = catalog.select(routes)
     windows = token_windows(body, tokenizer, min(window, large.max_positions), max_tokens)
-    rows = evaluate(candidates, reference, windows)
+    if routes.strip() == "large":
+        rows = evaluate(candidates, reference, windows)
+    else:
+        rows = evaluate_routes(catalog.executor, chosen, [catalog.relative_cost(r) for r in chosen], windows)
     if as_json:
         print(json.dumps({"routes": rows}))
     else:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from stitchllm.data.corpus import python_docs_text
-from stitchllm.eval.quality import Candidate, evaluate
+from stitchllm.eval.quality import evaluate_routes
 from stitchllm.eval.text import token_windows
 from stitchllm.family.family import Family
 from stitchllm.paths import stitchllm_home
@@ -43,10 +43,8 @@ def stitches_dir(family: Family) -> Path:
 
 
 def _validate(family: Family, stitches: dict[str, StitchLayer], routes, windows) -> dict[str, dict]:
-    """Quality of every route (large and small included) against the large model; routes are ordered by cost."""
-    executor = RouteExecutor(family, stitches)
-    candidates = [Candidate(r.name, 0.0, executor.full_logits(r)) for r in routes]
-    rows = evaluate(candidates, candidates[-1].full_logits, windows)
+    """Quality of every route (large and small included) against the large model."""
+    rows = evaluate_routes(RouteExecutor(family, stitches), routes, [0.0] * len(routes), windows)
     return {row["name"]: {"kl": row["kl"], "ppl": row["ppl"], "top1_agree": row["top1_agree"]} for row in rows}
 
 
