@@ -138,12 +138,15 @@ def eval_command(
     max_tokens: Annotated[Optional[int], typer.Option(help="Score at most this many tokens of the text.")] = None,
     window: Annotated[int, typer.Option(help="Scoring window in tokens (no BOS between windows).")] = 512,
     init: Annotated[bool, typer.Option("--init", help="Use the least-squares stitches, before training.")] = False,
+    plot: Annotated[Optional[str], typer.Option(help="Write quality against cost as a PNG here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     model: ModelOpt = "default",
     small: SmallOpt = None,
     stitches: StitchesOpt = None,
 ) -> None:
     """Perplexity, top-1 agreement and KL(large || route) of each route over a text file, ordered by cost."""
+    from pathlib import Path
+
     from stitchllm.eval.quality import Candidate, evaluate, evaluate_routes
     from stitchllm.eval.text import read_text, token_windows
 
@@ -169,6 +172,10 @@ def eval_command(
         rows = evaluate(candidates, reference, windows)
     else:
         rows = evaluate_routes(catalog.executor, chosen, [catalog.relative_cost(r) for r in chosen], windows)
+    if plot:
+        from stitchllm.eval.plots import plot_route_frontier
+
+        plot_route_frontier(rows, plot, f"routes on {Path(text).name} ({rows[0]['tokens']} tokens)")
     if as_json:
         print(json.dumps({"routes": rows}))
     else:
@@ -384,6 +391,55 @@ def text_command(
         Path(out).write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
+
+
+@app.command("bench")
+def bench(
+    policies: Annotated[str, typer.Option(help="Comma-separated: large, small, whole-model, random, auto, fixed:R.")]
+    = "large,small,whole-model,random,auto",
+    rates: Annotated[str, typer.Option(help="Comma-separated Poisson rates (requests/s).")] = "0.5,1,2",
+    duration: Annotated[float, typer.Option(help="Seconds of arrivals per policy and rate (and of saturation).")] = 30.0,
+    prompt_tokens: Annotated[int, typer.Option(help="Prompt length.")] = 64,
+    output_tokens: Annotated[int, typer.Option(help="Tokens generated per request.")] = 32,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight in the saturation run.")] = 32,
+    slo_ttft: Annotated[float, typer.Option("--slo-ttft", help="TTFT SLO, ms.")] = 2000.0,
+    slo_tpot: Annotated[float, typer.Option("--slo-tpot", help="TPOT SLO, ms.")] = 250.0,
+    text: Annotated[Optional[str], typer.Option(help="Prompt text (default: the held-out corpus split).")] = None,
+    plot: Annotated[Optional[str], typer.Option(help="Directory for PNG plots.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    model: ModelOpt = "default",
+    small: SmallOpt = None,
+    stitches: StitchesOpt = None,
+) -> None:
+    """Throughput, latency, goodput and served quality of each policy, Poisson load and saturation, one run."""
+    import torch
+
+    from stitchllm.bench.run import BenchConfig, run_bench
+    from stitchllm.data.corpus import python_docs_text
+    from stitchllm.eval.text import read_text
+    from stitchllm.routing.catalog import load_catalog
+
+    catalog = load_catalog(model, small, stitches)
+    stitch_dir = _stitch_dir(catalog, stitches) if catalog.stitches else None
+    body = read_text(text) if text else python_docs_text("heldout")
+    ids = torch.tensor(catalog.family.tokenizer(body, add_special_tokens=False)["input_ids"])
+    cfg = BenchConfig(policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
+                      rates=tuple(float(r) for r in rates.split(",") if r.strip()), duration=duration,
+                      prompt_tokens=prompt_tokens, output_tokens=output_tokens, concurrency=concurrency,
+                      slo_ttft_ms=slo_ttft, slo_tpot_ms=slo_tpot, num_requests=min(256, max(8, len(ids) // 100)))
+    report = run_bench(catalog, stitch_dir, ids, cfg)
+    if plot:
+        from stitchllm.eval.plots import plot_bench
+
+        plot_bench(report, plot)
+    if as_json:
+        print(json.dumps(report))
+    else:
+        for r in report["results"]:
+            print(f"{r['policy']:>12} rate {r['rate']:>5}  {r['throughput_tok_s']:7.1f} tok/s  goodput "
+                  f"{r['goodput_rps']:.2f} rps  ttft p90 {r['ttft_p90_ms']:7.0f} ms  top1 {r['quality_top1']:.3f}")
+        for p, v in report["saturation"].items():
+            print(f"saturation {p:>12}: {v:7.1f} tok/s  ppl {report['saturation_quality'][p]['ppl']:.2f}")
 
 
 def main() -> None:

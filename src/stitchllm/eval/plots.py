@@ -45,3 +45,35 @@ def plot_router_curves(report: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_bench(report: dict, directory: str) -> None:
+    """throughput_goodput.png (against offered load, per policy) and pareto.png (quality against peak throughput)."""
+    from pathlib import Path
+
+    plt = _pyplot()
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for policy in dict.fromkeys(r["policy"] for r in report["results"]):
+        rows = [r for r in report["results"] if r["policy"] == policy]
+        a.plot([r["rate"] for r in rows], [r["throughput_tok_s"] for r in rows], "o-", label=policy)
+        b.plot([r["rate"] for r in rows], [r["goodput_rps"] for r in rows], "o-", label=policy)
+    a.set(xlabel="offered load (requests/s)", ylabel="output tokens/s", title="Throughput")
+    b.set(xlabel="offered load (requests/s)", ylabel="requests/s meeting both SLOs", title="Goodput")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "throughput_goodput.png", dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for policy, tok_s in report["saturation"].items():
+        ax.plot(tok_s, report["saturation_quality"][policy]["top1"], "o", label=policy)
+    ax.set(xlabel="peak output tokens/s (saturation)", ylabel="top-1 agreement with large (served requests)",
+           title="Quality against peak throughput")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "pareto.png", dpi=120)
+    plt.close(fig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from stitchllm.errors import StitchError
@@ -25,7 +26,7 @@ class RouteCatalog:
     def configs(self) -> dict[str, ModelConfig]:
         return {"large": self.family.large.config, "small": self.family.small.config}
 
-    @property
+    @cached_property
     def executor(self) -> RouteExecutor:
         return RouteExecutor(self.family, self.stitches)
 

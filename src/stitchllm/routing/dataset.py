@@ -22,6 +22,7 @@ class RouterDataset:
     features: torch.Tensor  # [N, 2 d_L]
     kl: torch.Tensor  # [N, R] mean KL(large || route) over the continuation, nats
     agree: torch.Tensor  # [N, R] top-1 agreement with the large model over the continuation
+    nll: torch.Tensor  # [N, R] mean negative log-likelihood of the true continuation tokens, nats
 
     @property
     def loss(self) -> torch.Tensor:
@@ -48,7 +49,7 @@ def build_dataset(catalog: RouteCatalog, requests: list[torch.Tensor], prompt_le
     executor = catalog.executor
     k_shared = shared_blocks(catalog)
     routes = catalog.routes
-    feats, kls, agrees = [], [], []
+    feats, kls, agrees, nlls = [], [], [], []
     for i in tqdm(range(0, len(requests), group), desc="router labels", unit="batch"):
         chunk = requests[i : i + group]
         lengths = [len(r) for r in chunk]
@@ -60,8 +61,9 @@ def build_dataset(catalog: RouteCatalog, requests: list[torch.Tensor], prompt_le
         # positions whose next token is a continuation token: prompt_len-1 .. span-2 of each request
         offsets = torch.tensor([0] + lengths[:-1]).cumsum(0).tolist()
         pos = torch.cat([torch.arange(prompt_len - 1, n - 1) + off for n, off in zip(lengths, offsets)])
+        targets = ids[pos + 1]
         ref_logp = None
-        route_kl, route_agree = [], []
+        route_kl, route_agree, route_nll = [], [], []
         for route in reversed(routes):  # large first: it is the reference
             logp = F.log_softmax(executor.logits(route, executor.finish(route, states, ids, batch)[pos]), dim=-1)
             if ref_logp is None:
@@ -70,7 +72,9 @@ def build_dataset(catalog: RouteCatalog, requests: list[torch.Tensor], prompt_le
             agree = (logp.argmax(-1) == ref_logp.argmax(-1)).float()
             route_kl.append(kl.view(len(chunk), -1).mean(1))
             route_agree.append(agree.view(len(chunk), -1).mean(1))
+            route_nll.append(-logp.gather(1, targets[:, None]).view(len(chunk), -1).mean(1))
+        nlls.append(torch.stack(route_nll[::-1], dim=1))
         kls.append(torch.stack(route_kl[::-1], dim=1))
         agrees.append(torch.stack(route_agree[::-1], dim=1))
     return RouterDataset([r.name for r in routes], [catalog.relative_cost(r) for r in routes],
-                         torch.cat(feats), torch.cat(kls).clamp_min(0.0), torch.cat(agrees))
+                         torch.cat(feats), torch.cat(kls).clamp_min(0.0), torch.cat(agrees), torch.cat(nlls))

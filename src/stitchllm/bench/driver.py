@@ -1,0 +1,90 @@
+"""Drive an in-process engine: open loop (Poisson arrivals) or closed loop (fixed concurrency)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from stitchllm.bench.workload import BenchRequest
+from stitchllm.engine.llm_engine import LLMEngine
+from stitchllm.sampling import SamplingParams
+
+
+@dataclass
+class Record:
+    """Timeline of one served request."""
+
+    request: BenchRequest
+    arrival: float
+    token_times: list[float] = field(default_factory=list)
+    route: str | None = None
+
+    @property
+    def ttft(self) -> float:
+        return self.token_times[0] - self.arrival
+
+    @property
+    def tpot(self) -> float:
+        n = len(self.token_times)
+        return (self.token_times[-1] - self.token_times[0]) / (n - 1) if n > 1 else 0.0
+
+    @property
+    def itls(self) -> list[float]:
+        return [b - a for a, b in zip(self.token_times, self.token_times[1:])]
+
+    @property
+    def e2e(self) -> float:
+        return self.token_times[-1] - self.arrival
+
+
+def _drain(engine: LLMEngine, records: dict[str, Record], open_ids: set[str]) -> None:
+    for out in engine.step():
+        rec = records[out.request_id]
+        rec.token_times.extend([time.perf_counter()] * len(out.new_token_ids))
+        rec.route = out.route
+        if out.finished:
+            open_ids.discard(out.request_id)
+
+
+def run_open_loop(engine: LLMEngine, requests: list[BenchRequest], arrivals: list[float], output_tokens: int,
+                  ) -> tuple[list[Record], float]:
+    """Submit request i at arrivals[i]; run until all finish. Returns the records and the wall time."""
+    params = SamplingParams(max_tokens=output_tokens, ignore_eos=True)
+    records: dict[str, Record] = {}
+    open_ids: set[str] = set()
+    start = time.perf_counter()
+    nxt = 0
+    while nxt < len(arrivals) or open_ids:
+        now = time.perf_counter() - start
+        while nxt < len(arrivals) and arrivals[nxt] <= now:
+            req = requests[nxt % len(requests)]
+            rid = f"p{nxt}"
+            records[rid] = Record(req, start + arrivals[nxt])
+            engine.add_request(rid, req.prompt, params)
+            open_ids.add(rid)
+            nxt += 1
+        if open_ids:
+            _drain(engine, records, open_ids)
+        else:
+            time.sleep(min(0.01, max(0.0, arrivals[nxt] - now)))
+    return list(records.values()), time.perf_counter() - start
+
+
+def run_closed_loop(engine: LLMEngine, requests: list[BenchRequest], concurrency: int, duration: float,
+                    output_tokens: int) -> tuple[list[Record], float]:
+    """Keep `concurrency` requests in flight for `duration` seconds (then let them finish); saturation."""
+    params = SamplingParams(max_tokens=output_tokens, ignore_eos=True)
+    records: dict[str, Record] = {}
+    open_ids: set[str] = set()
+    start = time.perf_counter()
+    sent = 0
+    while time.perf_counter() - start < duration or open_ids:
+        while len(open_ids) < concurrency and time.perf_counter() - start < duration:
+            req = requests[sent % len(requests)]
+            rid = f"c{sent}"
+            records[rid] = Record(req, time.perf_counter())
+            engine.add_request(rid, req.prompt, params)
+            open_ids.add(rid)
+            sent += 1
+        _drain(engine, records, open_ids)
+    return list(records.values()), time.perf_counter() - start

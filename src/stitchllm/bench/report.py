@@ -1,0 +1,37 @@
+"""Summaries of a benchmark run: latency percentiles, throughput, goodput under SLOs, route mix, quality."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+
+from stitchllm.bench.driver import Record
+from stitchllm.routing.dataset import RouterDataset
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) * 1000 if values else float("nan")
+
+
+def summarize(records: list[Record], wall: float, slo_ttft_ms: float, slo_tpot_ms: float,
+              quality: RouterDataset) -> dict:
+    """One result row: throughput, latency p50/p90/p99, goodput, route mix and the quality served."""
+    done = [r for r in records if r.token_times]
+    tokens = sum(len(r.token_times) for r in done)
+    good = [r for r in done if r.ttft * 1000 <= slo_ttft_ms and r.tpot * 1000 <= slo_tpot_ms]
+    routes = Counter(r.route for r in done)
+    idx = [quality.route_names.index(r.route) for r in done]
+    rows = [r.request.index for r in done]
+    agree = float(quality.agree[rows, idx].mean()) if done else float("nan")
+    nll = float(quality.nll[rows, idx].mean()) if done else float("nan")
+    row = {"requests": len(done), "wall_s": round(wall, 2), "throughput_rps": len(done) / wall,
+           "throughput_tok_s": tokens / wall, "goodput_rps": len(good) / wall,
+           "route_mix": {k: v / len(done) for k, v in sorted(routes.items())} if done else {},
+           "quality_top1": agree, "quality_ppl": math.exp(nll) if done else float("nan")}
+    for name, values in (("ttft", [r.ttft for r in done]), ("tpot", [r.tpot for r in done]),
+                         ("itl", [x for r in done for x in r.itls]), ("e2e", [r.e2e for r in done])):
+        for q in (50, 90, 99):
+            row[f"{name}_p{q}_ms"] = _pct(values, q)
+    return row

@@ -1,0 +1,72 @@
+"""`stitchllm bench`: policies side by side under Poisson load and at saturation, interleaved in one run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from stitchllm.bench.driver import run_closed_loop, run_open_loop
+from stitchllm.bench.report import summarize
+from stitchllm.bench.workload import make_requests, poisson_arrivals
+from stitchllm.engine.build import engine_from_catalog
+from stitchllm.engine.config import EngineConfig
+from stitchllm.routing.catalog import RouteCatalog
+from stitchllm.routing.controller import SLOConfig
+from stitchllm.routing.dataset import build_dataset
+
+POLICY_ALIASES = {"large": "fixed:large", "small": "fixed:small"}
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    """What to measure; rates in requests/s, latencies in ms."""
+
+    policies: tuple[str, ...] = ("large", "small", "whole-model", "random", "auto")
+    rates: tuple[float, ...] = (0.5, 1.0, 2.0)
+    duration: float = 30.0
+    prompt_tokens: int = 64
+    output_tokens: int = 32
+    concurrency: int = 32
+    slo_ttft_ms: float = 2000.0
+    slo_tpot_ms: float = 250.0
+    static_cost: float = 0.7
+    num_requests: int = 256
+    seed: int = 0
+
+
+def _engine(catalog: RouteCatalog, stitch_dir, policy: str, cfg: BenchConfig):
+    config = EngineConfig(max_model_len=cfg.prompt_tokens + cfg.output_tokens + 8, max_num_seqs=cfg.concurrency,
+                          max_num_batched_tokens=max(512, cfg.prompt_tokens), policy=POLICY_ALIASES.get(policy, policy),
+                          static_cost=cfg.static_cost,
+                          slo=SLOConfig(ttft_ms=cfg.slo_ttft_ms, tpot_ms=cfg.slo_tpot_ms, dwell_s=1.0))
+    return engine_from_catalog(catalog, stitch_dir, config)
+
+
+def run_bench(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: BenchConfig) -> dict:
+    requests = make_requests(text_ids, cfg.num_requests, cfg.prompt_tokens, cfg.output_tokens)
+    quality = build_dataset(catalog, [torch.tensor(r.prompt + r.continuation) for r in requests], cfg.prompt_tokens)
+    results = []
+    for rate in cfg.rates:  # policies interleaved within each rate, so drift hits all alike
+        arrivals = poisson_arrivals(rate, cfg.duration, cfg.seed)
+        for policy in cfg.policies:
+            records, wall = run_open_loop(_engine(catalog, stitch_dir, policy, cfg), requests, arrivals,
+                                          cfg.output_tokens)
+            results.append({"policy": policy, "rate": rate} | summarize(records, wall, cfg.slo_ttft_ms,
+                                                                         cfg.slo_tpot_ms, quality))
+    saturation, saturation_quality, saturation_rows = {}, {}, []
+    for policy in cfg.policies:
+        records, wall = run_closed_loop(_engine(catalog, stitch_dir, policy, cfg), requests, cfg.concurrency,
+                                        cfg.duration, cfg.output_tokens)
+        row = summarize(records, wall, cfg.slo_ttft_ms, cfg.slo_tpot_ms, quality)
+        saturation[policy] = row["throughput_tok_s"]
+        saturation_quality[policy] = {"ppl": row["quality_ppl"], "top1": row["quality_top1"]}
+        saturation_rows.append({"policy": policy} | row)
+    routes = [{"name": n, "cost": c, "ppl": float(quality.nll[:, i].mean().exp()),
+               "top1": float(quality.agree[:, i].mean())}
+              for i, (n, c) in enumerate(zip(quality.route_names, quality.costs))]
+    return {"results": results, "saturation": saturation, "saturation_quality": saturation_quality,
+            "saturation_detail": saturation_rows, "routes": routes, "config": {
+                "policies": list(cfg.policies), "rates": list(cfg.rates), "duration": cfg.duration,
+                "prompt_tokens": cfg.prompt_tokens, "output_tokens": cfg.output_tokens,
+                "concurrency": cfg.concurrency, "slo_ttft_ms": cfg.slo_ttft_ms, "slo_tpot_ms": cfg.slo_tpot_ms}}

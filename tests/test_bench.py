@@ -1,0 +1,38 @@
+"""Benchmarks are not tests; this only checks that `stitchllm bench` runs end to end and prints valid JSON."""
+
+import json
+import os
+import subprocess
+import sys
+
+
+def test_bench_smoke_prints_valid_json(tiny_catalog, tiny_parent_dir, tiny_sibling, tmp_path):
+    _, stitch_dir, _, _ = tiny_catalog
+    text = tmp_path / "prompts.txt"
+    text.write_text("Benchmarks drive the engine with Poisson arrivals and report latency percentiles. " * 40)
+    env = os.environ | {"STITCHLLM_HOME": str(_router_home(tiny_catalog))}
+    result = subprocess.run(
+        [sys.executable, "-m", "stitchllm.cli", "bench", "--model", str(tiny_parent_dir), "--small",
+         str(tiny_sibling[0]), "--stitches", str(stitch_dir), "--policies", "large,random,auto", "--rates", "4",
+         "--duration", "2", "--prompt-tokens", "16", "--output-tokens", "4", "--concurrency", "4",
+         "--text", str(text), "--json"], capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert [r["policy"] for r in report["results"]] == ["large", "random", "auto"]
+    assert set(report["saturation"]) == {"large", "random", "auto"}
+    large = report["results"][0]
+    assert large["route_mix"] == {"large": 1.0} and large["quality_top1"] == 1.0
+    assert large["requests"] > 0 and large["throughput_tok_s"] > 0
+    assert report["saturation_quality"]["large"]["top1"] == 1.0
+
+
+def _router_home(tiny_catalog):
+    """The STITCHLLM_HOME under which the fixture saved the router (routers/<stitches fingerprint>/)."""
+    from stitchllm.routing.router_train import stitches_fingerprint
+
+    _, stitch_dir, _, _ = tiny_catalog
+    fp = stitches_fingerprint(stitch_dir)
+    for candidate in stitch_dir.parent.iterdir():
+        if (candidate / "routers" / fp / "router.json").is_file():
+            return candidate
+    raise FileNotFoundError("router home not found")
