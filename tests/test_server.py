@@ -104,11 +104,14 @@ def test_malformed_json_and_missing_key(server):
 
 def test_metrics_exposed(server, client):
     client.completions.create(model="small", prompt="metrics", max_tokens=2, extra_body={"ignore_eos": True})
+    list(client.completions.create(model="L3-S1", prompt="streamed", max_tokens=2, stream=True,
+                                   extra_body={"ignore_eos": True}))
     text = httpx.get(server[0] + "/metrics").text
     for name in ("stitchllm_num_requests_running", "stitchllm_num_requests_waiting", "stitchllm_kv_cache_usage_perc",
                  "stitchllm_prompt_tokens_total", "stitchllm_generation_tokens_total",
                  "stitchllm_time_to_first_token_seconds_bucket", "stitchllm_inter_token_latency_seconds_bucket",
-                 "stitchllm_e2e_request_latency_seconds_bucket", 'stitchllm_requests_total{finish_reason="length",route="small"}'):
+                 "stitchllm_e2e_request_latency_seconds_bucket", 'stitchllm_requests_total{finish_reason="length",route="small"}',
+                 'stitchllm_requests_total{finish_reason="length",route="L3-S1"}'):
         assert name in text, name
 
 

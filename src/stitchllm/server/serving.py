@@ -128,23 +128,26 @@ class OpenAIServing:
         tracker = TextTracker(self.tokenizer, gen.stops)
         start = last = time.monotonic()
         out = None
-        async for out in self.engine.generate(gen.prompt_ids, gen.params, gen.route):
-            t = time.monotonic()
-            if len(tracker.ids) == 0:
-                self.metrics.ttft.observe(t - start)
-            else:
-                self.metrics.itl.observe(t - last)
-            last = t
-            self.metrics.generation_tokens.inc(len(out.new_token_ids))
-            delta = tracker.add(out.new_token_ids, out.finished)
-            yield delta, out, tracker
-            if tracker.stopped:
-                break  # leaving the engine stream aborts the request
-        if out is not None:
-            self.metrics.prompt_tokens.inc(len(gen.prompt_ids))
-            reason = "stop" if tracker.stopped else out.finish_reason or "stop"
-            self.metrics.requests.labels(route=out.route or "none", finish_reason=reason).inc()
-            self.metrics.e2e.observe(time.monotonic() - start)
+        try:
+            async for out in self.engine.generate(gen.prompt_ids, gen.params, gen.route):
+                t = time.monotonic()
+                if len(tracker.ids) == 0:
+                    self.metrics.ttft.observe(t - start)
+                else:
+                    self.metrics.itl.observe(t - last)
+                last = t
+                self.metrics.generation_tokens.inc(len(out.new_token_ids))
+                delta = tracker.add(out.new_token_ids, out.finished)
+                yield delta, out, tracker
+                if tracker.stopped:
+                    break  # leaving the engine stream aborts the request
+        finally:  # also when a stream is closed after its last chunk, or its client went away
+            if out is not None:
+                self.metrics.prompt_tokens.inc(len(gen.prompt_ids))
+                done = out.finished or tracker.stopped
+                reason = ("stop" if tracker.stopped else out.finish_reason or "stop") if done else "abort"
+                self.metrics.requests.labels(route=out.route or "none", finish_reason=reason).inc()
+                self.metrics.e2e.observe(time.monotonic() - start)
 
 
 def finish_reason(out: RequestOutput, tracker: TextTracker) -> str:
