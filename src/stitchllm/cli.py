@@ -225,13 +225,10 @@ def routes_command(
 ) -> None:
     """List the routes with their cost and, where the stitch build measured it, their validation quality."""
     from stitchllm.routing.catalog import load_catalog
-    from stitchllm.stitch.build import stitches_dir
     from stitchllm.stitch.store import MANIFEST
 
-    from pathlib import Path
-
     catalog = load_catalog(model, small, stitches)
-    manifest_path = (Path(stitches) if stitches else stitches_dir(catalog.family)) / MANIFEST
+    manifest_path = _stitch_dir(catalog, stitches) / MANIFEST
     quality = json.loads(manifest_path.read_text())["validation"]["trained"] if manifest_path.is_file() else {}
     large_bytes = catalog.route("large").weight_bytes_per_step(catalog.configs)
     rows = [{"name": r.name, "params": r.params(catalog.configs), "flops_per_token": r.flops_per_token(catalog.configs),
@@ -254,14 +251,8 @@ router_app = typer.Typer(no_args_is_help=True, help="The per-request router: tra
 app.add_typer(router_app, name="router")
 
 
-def _router_dir(catalog, stitch_dir):
-    from stitchllm.paths import stitchllm_home
-    from stitchllm.routing.router_train import stitches_fingerprint
-
-    return stitchllm_home() / "routers" / stitches_fingerprint(stitch_dir)
-
-
 def _stitch_dir(catalog, stitches):
+    """The stitch directory a command uses: the one given, else the family's cache entry."""
     from pathlib import Path
 
     from stitchllm.stitch.build import stitches_dir
@@ -279,12 +270,13 @@ def router_train(
     """Label calibration requests with every route's loss, fit the router MLP, calibrate thresholds (cached)."""
     import json as _json
 
+    from stitchllm.engine.build import router_dir_for
     from stitchllm.routing.catalog import load_catalog
     from stitchllm.routing.router_train import RouterTrainConfig, train_router
 
     catalog = load_catalog(model, small, stitches, require_stitches=True)
     stitch_dir = _stitch_dir(catalog, stitches)
-    out = _router_dir(catalog, stitch_dir)
+    out = router_dir_for(stitch_dir)
     cfg = RouterTrainConfig(requests=requests)
     existing = out / "router.json"
     if existing.is_file() and _json.loads(existing.read_text()).get("recipe") == __import__("dataclasses").asdict(cfg):
@@ -307,6 +299,7 @@ def router_eval(
     """Quality/cost curve, APGR and cost at 95% PGR of router, random, whole-model and oracle on held-out text."""
     import torch
 
+    from stitchllm.engine.build import router_dir_for
     from stitchllm.eval.router_eval import evaluate_policies
     from stitchllm.eval.text import read_text
     from stitchllm.routing.catalog import load_catalog
@@ -317,7 +310,7 @@ def router_eval(
 
     catalog = load_catalog(model, small, stitches, require_stitches=True)
     stitch_dir = _stitch_dir(catalog, stitches)
-    router, manifest = load_router(_router_dir(catalog, stitch_dir), catalog.family.fingerprint(),
+    router, manifest = load_router(router_dir_for(stitch_dir), catalog.family.fingerprint(),
                                    stitches_fingerprint(stitch_dir))
     cfg = manifest["recipe"]
     ids = torch.tensor(catalog.family.tokenizer(read_text(text), add_special_tokens=False)["input_ids"])
