@@ -44,14 +44,18 @@ def test_smollm2_cached_decode_matches_full_forward(smollm2):
 
 
 def test_mixed_batch_of_prefill_and_decode(tiny):
-    """One packed pass that holds a prefill chunk of one sequence and a decode token of another."""
+    """One packed pass that holds a prefill chunk of one sequence and decode tokens of two others (which take
+    the batched decode path, with different context lengths and non-consecutive slots)."""
     a = torch.randint(0, 200, (12,), generator=torch.Generator().manual_seed(1))
     b = torch.randint(0, 200, (9,), generator=torch.Generator().manual_seed(2))
-    cache = tiny.new_cache(num_slots=2, max_len=32)
+    c = torch.randint(0, 200, (5,), generator=torch.Generator().manual_seed(3))
+    cache = tiny.new_cache(num_slots=4, max_len=32)
     tiny(b[:8], ForwardBatch([1], [0], [8]), cache)
-    mixed = tiny(torch.cat([a, b[8:]]), ForwardBatch([0, 1], [0, 8], [12, 1]), cache)
+    tiny(c[:4], ForwardBatch([3], [0], [4]), cache)
+    mixed = tiny(torch.cat([a, b[8:], c[4:]]), ForwardBatch([0, 1, 3], [0, 8, 4], [12, 1, 1]), cache)
     torch.testing.assert_close(mixed[:12], tiny(a, ForwardBatch([0], [0], [12])), atol=1e-5, rtol=0)
     torch.testing.assert_close(mixed[12], tiny(b, ForwardBatch([0], [0], [9]))[-1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(mixed[13], tiny(c, ForwardBatch([0], [0], [5]))[-1], atol=1e-5, rtol=0)
 
 
 def test_batched_greedy_generation_equals_alone(smollm2):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from stitchllm.models.batch import ForwardBatch
+from stitchllm.models.batch import ForwardBatch, key_length_mask
 
 
 def _causal_mask(num_new: int, start: int, device: torch.device) -> torch.Tensor:
@@ -30,24 +30,27 @@ def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -
     return out[0]
 
 
-def _decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-    """All sequences bring one token: one batched attention call instead of one per sequence.
+def _decode_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: list[int], starts: list[int],
+    mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """Sequences that each bring one token: one batched attention call instead of one per sequence.
 
-    q [B, H, hd]; caches [slots, kv, max_len, hd]. Keys are read up to the longest context in the batch, with a
-    mask for the shorter ones (the only padding in the runtime, and only over keys of decode steps). Query heads
-    are viewed as [kv, G] so each group of G heads meets its shared key head without copying keys G times.
+    q [B, H, hd]; caches [slots, kv, max_len, hd]; mask [B, 1, 1, L] or None. Keys are read up to the longest
+    context among them, masked for the shorter ones (the only padding in the runtime, over decode keys only).
+    Query heads are viewed as [kv, G] so each group of G heads meets its shared key head without copying keys.
     """
     B, H, hd = q.shape
     kv_heads = k_cache.shape[1]
-    longest = max(batch.starts) + 1
-    first = batch.slots[0]
-    if batch.slots == list(range(first, first + B)):  # consecutive slots: a zero-copy view of the cache
+    longest = max(starts) + 1
+    first = slots[0]
+    if slots == list(range(first, first + B)):  # consecutive slots: a zero-copy view of the cache
         k, v = k_cache[first : first + B, :, :longest], v_cache[first : first + B, :, :longest]
     else:
-        index = torch.tensor(batch.slots, device=q.device)
+        index = torch.tensor(slots, device=q.device)
         k = k_cache[:, :, :longest].index_select(0, index)  # [B, kv, L, hd]
         v = v_cache[:, :, :longest].index_select(0, index)
-    out = F.scaled_dot_product_attention(q.view(B, kv_heads, H // kv_heads, hd), k, v, attn_mask=batch.decode_mask())
+    out = F.scaled_dot_product_attention(q.view(B, kv_heads, H // kv_heads, hd), k, v, attn_mask=mask)
     return out.view(B, H, hd)
 
 
@@ -63,7 +66,8 @@ def attention(
     With a cache ([slots, kv, max_len, hd] each), the new keys/values are written at their positions and each
     sequence attends over its cached prefix plus its new tokens. Without one (training, full-sequence scoring),
     every sequence must start at position 0 and attends causally over its own new tokens.
-    Sequences are handled one by one on zero-copy views, so no padding is ever computed.
+    Prefill chunks are handled one by one on zero-copy views (no padding); single-token (decode) sequences go
+    through one batched call.
     """
     if kv_cache is not None:
         k_cache, v_cache = kv_cache
@@ -71,12 +75,22 @@ def attention(
         k_cache[batch.token_slots, :, batch.positions] = k
         v_cache[batch.token_slots, :, batch.positions] = v
         if batch.is_decode:
-            return _decode_attention(q, k_cache, v_cache, batch)
+            return _decode_attention(q, k_cache, v_cache, batch.slots, batch.starts, batch.decode_mask())
     elif any(batch.starts):
         raise ValueError("attention without a KV cache needs every sequence to start at position 0")
     out = torch.empty_like(q)
-    offset = 0
-    for slot, start, n in zip(batch.slots, batch.starts, batch.lengths):
+    offsets = [0] + torch.tensor(batch.lengths).cumsum(0).tolist()[:-1]
+    single = [i for i, n in enumerate(batch.lengths) if n == 1]
+    if kv_cache is not None and len(single) > 1:  # decode tokens among prefill chunks: one call for them all
+        rows = torch.tensor([offsets[i] for i in single], device=q.device)
+        starts = [batch.starts[i] for i in single]
+        out[rows] = _decode_attention(q[rows], k_cache, v_cache, [batch.slots[i] for i in single], starts,
+                                      key_length_mask(starts, q.device))
+    batched_decode = kv_cache is not None and len(single) > 1
+    for i, (slot, start, n) in enumerate(zip(batch.slots, batch.starts, batch.lengths)):
+        if batched_decode and n == 1:
+            continue
+        offset = offsets[i]
         q_seq = q[offset : offset + n].transpose(0, 1)  # [H, n, hd]
         if kv_cache is not None:
             k_seq = k_cache[slot, :, : start + n]  # [kv, start+n, hd], a view of the cache
@@ -85,5 +99,4 @@ def attention(
             k_seq = k[offset : offset + n].transpose(0, 1)
             v_seq = v[offset : offset + n].transpose(0, 1)
         out[offset : offset + n] = _attend_one(q_seq, k_seq, v_seq, start).transpose(0, 1)
-        offset += n
     return out

@@ -7,6 +7,16 @@ from dataclasses import dataclass, field
 import torch
 
 
+def key_length_mask(starts: list[int], device: torch.device) -> torch.Tensor | None:
+    """For single-token sequences at positions `starts`: [B, 1, 1, L] bool, True where key position < the
+    sequence's length, L the longest; None when all are equally long."""
+    if len(set(starts)) == 1:
+        return None
+    lengths = torch.tensor(starts, device=device) + 1
+    keys = torch.arange(int(lengths.max()), device=device)
+    return (keys[None, :] < lengths[:, None])[:, None, None, :]
+
+
 @dataclass(slots=True)
 class ForwardBatch:
     """Packed tokens of several sequences: sequence i contributes `lengths[i]` new tokens at positions
@@ -40,12 +50,9 @@ class ForwardBatch:
         return self.positions.shape[0]
 
     def decode_mask(self) -> torch.Tensor | None:
-        """For a decode batch: [B, 1, 1, L] bool, True where key position < the sequence's length; None if all
-        sequences are equally long. L is the longest context in the batch."""
-        if self._decode_mask is None and len(set(self.starts)) > 1:
-            lengths = torch.tensor(self.starts, device=self.device) + 1
-            keys = torch.arange(int(lengths.max()), device=self.device)
-            self._decode_mask = (keys[None, :] < lengths[:, None])[:, None, None, :]
+        """For a decode batch: its key_length_mask, computed once per pass (shared by all blocks)."""
+        if self._decode_mask is None:
+            self._decode_mask = key_length_mask(self.starts, self.device)
         return self._decode_mask
 
     def last_token_indices(self) -> torch.Tensor:
