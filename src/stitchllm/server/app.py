@@ -73,22 +73,20 @@ def create_app(engine: AsyncEngine, tokenizer, api_key: str | None = None) -> Fa
     async def models():
         return serving.models()
 
+    async def respond(req, gen, chat: bool):
+        """Stream server-sent events or return one JSON body; both name the route in a header."""
+        if req.stream:
+            route, events = await stream_events(serving, req, gen, chat=chat)
+            return StreamingResponse(events, media_type="text/event-stream", headers={ROUTE_HEADER: route or ""})
+        body, route = await (chat_body if chat else completion_body)(serving, req, gen)
+        return JSONResponse(body, headers={ROUTE_HEADER: route or ""})
+
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest):
-        gen = serving.prepare_completion(req)
-        if req.stream:
-            route, events = await stream_events(serving, req, gen, chat=False)
-            return StreamingResponse(events, media_type="text/event-stream", headers={ROUTE_HEADER: route or ""})
-        body, route = await completion_body(serving, req, gen)
-        return JSONResponse(body, headers={ROUTE_HEADER: route or ""})
+        return await respond(req, serving.prepare_completion(req), chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatCompletionRequest):
-        gen = serving.prepare_chat(req)
-        if req.stream:
-            route, events = await stream_events(serving, req, gen, chat=True)
-            return StreamingResponse(events, media_type="text/event-stream", headers={ROUTE_HEADER: route or ""})
-        body, route = await chat_body(serving, req, gen)
-        return JSONResponse(body, headers={ROUTE_HEADER: route or ""})
+        return await respond(req, serving.prepare_chat(req), chat=True)
 
     return app
