@@ -268,7 +268,7 @@ def router_train(
     stitches: StitchesOpt = None,
 ) -> None:
     """Label calibration requests with every route's loss, fit the router MLP, calibrate thresholds (cached)."""
-    import json as _json
+    from dataclasses import asdict
 
     from stitchllm.engine.build import router_dir_for
     from stitchllm.routing.catalog import load_catalog
@@ -279,7 +279,7 @@ def router_train(
     out = router_dir_for(stitch_dir)
     cfg = RouterTrainConfig(requests=requests)
     existing = out / "router.json"
-    if existing.is_file() and _json.loads(existing.read_text()).get("recipe") == __import__("dataclasses").asdict(cfg):
+    if existing.is_file() and json.loads(existing.read_text()).get("recipe") == asdict(cfg):
         print(f"router at {out} is up to date")
         return
     manifest = train_router(catalog, stitch_dir, cfg, out)
@@ -299,19 +299,15 @@ def router_eval(
     """Quality/cost curve, APGR and cost at 95% PGR of router, random, whole-model and oracle on held-out text."""
     import torch
 
-    from stitchllm.engine.build import router_dir_for
+    from stitchllm.engine.build import load_router_for
     from stitchllm.eval.router_eval import evaluate_policies
     from stitchllm.eval.text import read_text
     from stitchllm.routing.catalog import load_catalog
     from stitchllm.routing.dataset import build_dataset, sample_requests
     from stitchllm.routing.policies import RoutingBatch
-    from stitchllm.routing.router_model import load_router
-    from stitchllm.routing.router_train import stitches_fingerprint
 
     catalog = load_catalog(model, small, stitches, require_stitches=True)
-    stitch_dir = _stitch_dir(catalog, stitches)
-    router, manifest = load_router(router_dir_for(stitch_dir), catalog.family.fingerprint(),
-                                   stitches_fingerprint(stitch_dir))
+    router, manifest = load_router_for(catalog, _stitch_dir(catalog, stitches))
     cfg = manifest["recipe"]
     ids = torch.tensor(catalog.family.tokenizer(read_text(text), add_special_tokens=False)["input_ids"])
     span = cfg["prompt_len"] + cfg["cont_len"]

@@ -16,14 +16,18 @@ def router_dir_for(stitch_dir: Path) -> Path:
     return stitchllm_home() / "routers" / stitches_fingerprint(stitch_dir)
 
 
+def load_router_for(catalog: RouteCatalog, stitch_dir: Path):
+    """(router, manifest) trained for this family and these stitches; refuses any other."""
+    from stitchllm.routing.router_model import load_router
+    from stitchllm.routing.router_train import stitches_fingerprint
+
+    return load_router(router_dir_for(stitch_dir), catalog.family.fingerprint(), stitches_fingerprint(stitch_dir))
+
+
 def engine_from_catalog(catalog: RouteCatalog, stitch_dir: Path | None, config: EngineConfig) -> LLMEngine:
     router, thresholds = None, None
     if config.policy in ("auto", "router", "whole-model") and stitch_dir is not None:
-        from stitchllm.routing.router_model import load_router
-        from stitchllm.routing.router_train import stitches_fingerprint
-
-        router, manifest = load_router(router_dir_for(stitch_dir), catalog.family.fingerprint(),
-                                       stitches_fingerprint(stitch_dir))
+        router, manifest = load_router_for(catalog, stitch_dir)
         thresholds = manifest["thresholds"]
     return LLMEngine(catalog, config, router, thresholds)
 
