@@ -24,6 +24,8 @@ def test_bench_smoke_prints_valid_json(tiny_catalog, tiny_parent_dir, tiny_sibli
     assert large["route_mix"] == {"large": 1.0} and large["quality_top1"] == 1.0
     assert large["requests"] > 0 and large["throughput_tok_s"] > 0
     assert report["saturation_quality"]["large"]["top1"] == 1.0
+    (peer,) = report["peers"]  # no GGUF for a tiny model: transformers only
+    assert peer["system"] == "transformers generate (batch 4)" and peer["throughput_tok_s"] > 0
 
 
 def _router_home(tiny_catalog):

@@ -89,10 +89,10 @@ app.add_typer(family_app, name="family")
 def family_derive(
     parent: Annotated[str, typer.Option("--from", help="Parent model (default: the embedded SmolLM2).")] = "default",
     out: Annotated[Optional[str], typer.Option("--out", help="Output directory (default: cached sibling).")] = None,
-    layers: Annotated[int, typer.Option(help="Blocks to keep.")] = 16,
-    hidden: Annotated[int, typer.Option(help="Hidden size.")] = 384,
-    heads: Annotated[int, typer.Option(help="Query heads.")] = 6,
-    kv_heads: Annotated[int, typer.Option(help="Key/value heads.")] = 2,
+    layers: Annotated[int, typer.Option(help="Blocks to keep.")] = 15,
+    hidden: Annotated[int, typer.Option(help="Hidden size.")] = 576,
+    heads: Annotated[int, typer.Option(help="Query heads.")] = 9,
+    kv_heads: Annotated[int, typer.Option(help="Key/value heads.")] = 3,
     intermediate: Annotated[int, typer.Option(help="MLP channels.")] = 1536,
     tokens: Annotated[int, typer.Option(help="Distillation tokens for healing (0: prune only).")] = 131072,
     seed: Annotated[int, typer.Option(help="Seed (data order, init).")] = 0,
@@ -283,7 +283,9 @@ def router_train(
         print(f"router at {out} is up to date")
         return
     manifest = train_router(catalog, stitch_dir, cfg, out)
-    print(f"router at {out}: train MSE {manifest['train_mse']:.4f}, {manifest['seconds']:.0f} s")
+    fit = manifest["fit"]
+    print(f"router at {out}: MSE train {fit['train_mse']:.4f} / validation {fit['val_mse']:.4f} "
+          f"(epoch {fit['epoch']}), {manifest['seconds']:.0f} s")
 
 
 @router_app.command("eval")
@@ -395,6 +397,8 @@ def bench(
     slo_tpot: Annotated[float, typer.Option("--slo-tpot", help="TPOT SLO, ms.")] = 250.0,
     text: Annotated[Optional[str], typer.Option(help="Prompt text (default: the held-out corpus split).")] = None,
     plot: Annotated[Optional[str], typer.Option(help="Directory for PNG plots.")] = None,
+    peers: Annotated[bool, typer.Option(help="Also measure transformers generate (and llama.cpp if installed).")]
+    = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     model: ModelOpt = "default",
     small: SmallOpt = None,
@@ -406,6 +410,7 @@ def bench(
     from stitchllm.bench.run import BenchConfig, run_bench
     from stitchllm.data.corpus import python_docs_text
     from stitchllm.eval.text import read_text
+    from stitchllm.paths import embedded_gguf_path
     from stitchllm.routing.catalog import load_catalog
 
     catalog = load_catalog(model, small, stitches)
@@ -415,8 +420,9 @@ def bench(
     cfg = BenchConfig(policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
                       rates=tuple(float(r) for r in rates.split(",") if r.strip()), duration=duration,
                       prompt_tokens=prompt_tokens, output_tokens=output_tokens, concurrency=concurrency,
-                      slo_ttft_ms=slo_ttft, slo_tpot_ms=slo_tpot, num_requests=min(256, max(8, len(ids) // 100)))
-    report = run_bench(catalog, stitch_dir, ids, cfg)
+                      slo_ttft_ms=slo_ttft, slo_tpot_ms=slo_tpot, num_requests=min(256, max(8, len(ids) // 100)),
+                      peers=peers)
+    report = run_bench(catalog, stitch_dir, ids, cfg, embedded_gguf_path() if model == "default" else None)
     if plot:
         from stitchllm.eval.plots import plot_bench
 
@@ -429,6 +435,8 @@ def bench(
                   f"{r['goodput_rps']:.2f} rps  ttft p90 {r['ttft_p90_ms']:7.0f} ms  top1 {r['quality_top1']:.3f}")
         for p, v in report["saturation"].items():
             print(f"saturation {p:>12}: {v:7.1f} tok/s  ppl {report['saturation_quality'][p]['ppl']:.2f}")
+        for peer in report["peers"]:
+            print(f"peer {peer['system']}: {peer['throughput_tok_s']:.1f} tok/s")
 
 
 def main() -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from stitchllm.bench.driver import run_closed_loop, run_open_loop
+from stitchllm.bench.peers import llama_cpp_single_stream, transformers_generate
 from stitchllm.bench.report import summarize
 from stitchllm.bench.workload import make_requests, poisson_arrivals
 from stitchllm.engine.build import engine_from_catalog
@@ -33,6 +35,7 @@ class BenchConfig:
     static_cost: float = 0.7
     num_requests: int = 256
     seed: int = 0
+    peers: bool = True  # also measure transformers `generate` (and llama.cpp when installed) on the same prompts
 
 
 def _engine(catalog: RouteCatalog, stitch_dir, policy: str, cfg: BenchConfig):
@@ -43,7 +46,19 @@ def _engine(catalog: RouteCatalog, stitch_dir, policy: str, cfg: BenchConfig):
     return engine_from_catalog(catalog, stitch_dir, config)
 
 
-def run_bench(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: BenchConfig) -> dict:
+def _peers(catalog: RouteCatalog, requests, gguf: Path | None, cfg: BenchConfig) -> list[dict]:
+    rows = [transformers_generate(catalog.family.large_dir, requests, cfg.concurrency, cfg.output_tokens,
+                                  cfg.duration)]
+    if gguf is not None:
+        row = llama_cpp_single_stream(gguf, requests, cfg.output_tokens, cfg.duration, torch.get_num_threads())
+        rows += [row] if row else []
+    return rows
+
+
+def run_bench(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: BenchConfig,
+              gguf: Path | None = None) -> dict:
+    """Every policy at every rate, then at saturation, then the peers; `gguf` is the large model's GGUF file
+    when there is one (llama.cpp's input)."""
     requests = make_requests(text_ids, cfg.num_requests, cfg.prompt_tokens, cfg.output_tokens)
     quality = build_dataset(catalog, [torch.tensor(r.prompt + r.continuation) for r in requests], cfg.prompt_tokens)
     results = []
@@ -62,11 +77,12 @@ def run_bench(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: Be
         saturation[policy] = row["throughput_tok_s"]
         saturation_quality[policy] = {"ppl": row["quality_ppl"], "top1": row["quality_top1"]}
         saturation_rows.append({"policy": policy} | row)
+    peers = _peers(catalog, requests, gguf, cfg) if cfg.peers else []
     routes = [{"name": n, "cost": c, "ppl": float(quality.nll[:, i].mean().exp()),
                "top1": float(quality.agree[:, i].mean())}
               for i, (n, c) in enumerate(zip(quality.route_names, quality.costs))]
     return {"results": results, "saturation": saturation, "saturation_quality": saturation_quality,
-            "saturation_detail": saturation_rows, "routes": routes, "config": {
+            "saturation_detail": saturation_rows, "peers": peers, "routes": routes, "config": {
                 "policies": list(cfg.policies), "rates": list(cfg.rates), "duration": cfg.duration,
                 "prompt_tokens": cfg.prompt_tokens, "output_tokens": cfg.output_tokens,
                 "concurrency": cfg.concurrency, "slo_ttft_ms": cfg.slo_ttft_ms, "slo_tpot_ms": cfg.slo_tpot_ms}}

@@ -29,7 +29,7 @@ class DeriveConfig:
     """Everything that determines a derived sibling; its hash names the cache entry."""
 
     parent: str = "default"
-    target: PruneTarget = PruneTarget(layers=16, hidden=384, heads=6, kv_heads=2, intermediate=1536)
+    target: PruneTarget = PruneTarget(layers=15, hidden=576, heads=9, kv_heads=3, intermediate=1536)
     calibration_tokens: int = 16384
     heal_tokens: int = 131072
     seed: int = 0
