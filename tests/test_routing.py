@@ -26,11 +26,12 @@ def synthetic(n: int = 400, seed: int = 0) -> tuple[RoutingBatch, torch.Tensor]:
     return RoutingBatch(NAMES, COSTS, predicted_loss=predicted, true_loss=true, generator=g), agree
 
 
-def test_router_picks_cheapest_route_within_threshold():
+def test_router_minimises_predicted_loss_plus_priced_cost():
     batch = RoutingBatch(NAMES, COSTS, predicted_loss=torch.tensor([[0.9, 0.5, 0.2, 0.0], [0.1, 0.05, 0.0, 0.0]]))
     policy = make_policy("router")
-    assert policy.choose(batch, 0.3).tolist() == [2, 0]
-    assert policy.choose(batch, 0.0).tolist() == [3, 2]
+    assert policy.choose(batch, 0.8).tolist() == [3, 0]  # 0.90+0.32, 0.50+0.48, 0.20+0.64, 0.80 | 0.42 cheapest
+    assert policy.choose(batch, 1.2).tolist() == [2, 0]  # 1.38, 1.22, 1.16, 1.20
+    assert policy.choose(batch, 0.0).tolist() == [3, 2]  # free cost: least loss, the cheaper of a tie
     assert make_policy("whole-model").choose(batch, 0.3).tolist() == [3, 0]
     assert make_policy("fixed:L10-S5").choose(batch, 0.3).tolist() == [1, 1]
     with pytest.raises(StitchError, match="unknown policy"):

@@ -12,6 +12,7 @@ from stitchllm.routing.catalog import build_catalog, load_catalog
 from stitchllm.routing.route import default_cuts, enumerate_routes, matched_entry
 from stitchllm.sampling import SamplingParams
 from stitchllm.stitch.build import StitchBuildConfig, build_stitches
+from stitchllm.stitch.frontier import dominated
 from stitchllm.stitch.init import paired_activations, ridge_affine
 from stitchllm.stitch.layer import StitchLayer
 from stitchllm.stitch.train import StitchTrainConfig
@@ -93,7 +94,7 @@ def test_manifest_for_another_family_is_refused(tiny_stitches, tiny_parent_dir, 
 
 def test_generation_along_route_equals_full_scoring(tiny_stitches, tiny_parent_dir, tiny_sibling):
     _, out, _ = tiny_stitches
-    catalog = load_catalog(str(tiny_parent_dir), str(tiny_sibling[0]), str(out))
+    catalog = load_catalog(str(tiny_parent_dir), str(tiny_sibling[0]), str(out), all_routes=True)
     route = catalog.route("L3-S1")
     prompt = torch.randint(0, 49152, (11,), generator=torch.Generator().manual_seed(2)).tolist()
     params = SamplingParams(max_tokens=12, ignore_eos=True)
@@ -101,3 +102,21 @@ def test_generation_along_route_equals_full_scoring(tiny_stitches, tiny_parent_d
     ids = torch.tensor(prompt + new)
     logits = catalog.executor.full_logits(route)(ids, ForwardBatch([0], [0], [len(ids)]))
     assert logits[len(prompt) - 1 : -1].argmax(-1).tolist() == new
+
+
+def test_dominated_routes_are_not_served(tiny_stitches, tiny_parent_dir, tiny_sibling, tmp_path):
+    import json
+    import shutil
+
+    _, out, manifest = tiny_stitches
+    assert dominated({"small": 2.0, "A": 1.5, "B": 1.6, "C": 1.0, "large": 0.0},
+                     {"small": 0.3, "A": 0.5, "B": 0.6, "C": 0.8, "large": 1.0}) == {"B"}
+    copy = tmp_path / "stitches"
+    shutil.copytree(out, copy)
+    trained = manifest["validation"]["trained"]
+    trained["L3-S1"]["kl"] = trained["L2-S1"]["kl"] + 0.1  # the dearer route is now the worse one on validation
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    served = load_catalog(str(tiny_parent_dir), str(tiny_sibling[0]), str(copy))
+    assert served.dominated == ("L3-S1",) and [r.name for r in served.routes] == ["small", "L2-S1", "large"]
+    everything = load_catalog(str(tiny_parent_dir), str(tiny_sibling[0]), str(copy), all_routes=True)
+    assert [r.name for r in everything.routes] == ["small", "L2-S1", "L3-S1", "large"]

@@ -52,7 +52,7 @@ def generate(
     else:
         from stitchllm.routing.catalog import load_catalog
 
-        catalog = load_catalog(model, small, stitches)
+        catalog = load_catalog(model, small, stitches, all_routes=True)
         chosen, lm, tokenizer = catalog.route(route), catalog.family.large, catalog.family.tokenizer
         make_runner = lambda n: catalog.executor.last_logits(chosen, 1, n)  # noqa: E731
     ids = encode_prompt(tokenizer, prompt, chat=chat, context=lm.max_positions)
@@ -164,7 +164,7 @@ def eval_command(
     else:
         from stitchllm.routing.catalog import load_catalog
 
-        catalog = load_catalog(model, small, stitches, which="init" if init else "trained")
+        catalog = load_catalog(model, small, stitches, which="init" if init else "trained", all_routes=True)
         tokenizer, large = catalog.family.tokenizer, catalog.family.large
         chosen = catalog.select(routes)
     windows = token_windows(body, tokenizer, min(window, large.max_positions), max_tokens)
@@ -227,7 +227,8 @@ def routes_command(
     from stitchllm.routing.catalog import load_catalog
     from stitchllm.stitch.store import MANIFEST
 
-    catalog = load_catalog(model, small, stitches)
+    served = {r.name for r in load_catalog(model, small, stitches).routes}
+    catalog = load_catalog(model, small, stitches, all_routes=True)
     manifest_path = _stitch_dir(catalog, stitches) / MANIFEST
     quality = json.loads(manifest_path.read_text())["validation"]["trained"] if manifest_path.is_file() else {}
     large_bytes = catalog.route("large").weight_bytes_per_step(catalog.configs)
@@ -236,7 +237,7 @@ def routes_command(
              "weight_bytes_per_step": r.weight_bytes_per_step(catalog.configs),
              "relative_bytes": round(r.weight_bytes_per_step(catalog.configs) / large_bytes, 4),
              "segments": [[s.model, s.first, s.end] for s in r.segments],
-             "validation": quality.get(r.name)} for r in catalog.routes]
+             "validation": quality.get(r.name), "served": r.name in served} for r in catalog.routes]
     if as_json:
         print(json.dumps({"routes": rows}))
         return
@@ -244,7 +245,8 @@ def routes_command(
     for r in rows:
         q = r["validation"] or {}
         print(f"{r['name']:>10} {r['params'] / 1e6:>8.1f}M {r['flops_per_token'] / 1e6:>10.1f} {r['cost']:>6.3f} "
-              f"{r['weight_bytes_per_step'] / 1e6:>8.1f} {q.get('ppl', float('nan')):>8.2f} {q.get('kl', float('nan')):>7.3f}")
+              f"{r['weight_bytes_per_step'] / 1e6:>8.1f} {q.get('ppl', float('nan')):>8.2f} {q.get('kl', float('nan')):>7.3f}"
+              + ("" if r["served"] else "  (dominated on validation: not served)"))
 
 
 router_app = typer.Typer(no_args_is_help=True, help="The per-request router: train it, evaluate the policies.")

@@ -25,7 +25,8 @@ class RoutingBatch:
 
 
 class Policy(ABC):
-    """Chooses a route per request; higher `knob` means cheaper on average (a loss threshold or a probability)."""
+    """Chooses a route per request; higher `knob` means cheaper on average (a loss threshold, a price on cost, or
+    a probability)."""
 
     name: str = ""
     knob_range: tuple[float, float] = (0.0, 1.0)
@@ -41,3 +42,10 @@ def cheapest_within(losses: torch.Tensor, threshold: float, allowed: list[int]) 
     ok[:, -1] = True  # the most expensive allowed route always qualifies
     first = ok.to(torch.uint8).argmax(dim=1)  # argmax returns the first maximal index
     return torch.tensor(allowed)[first]
+
+
+def cheapest_priced(losses: torch.Tensor, costs: list[float], price: float) -> torch.Tensor:
+    """losses [N, R] -> [N]: per request, the route minimising loss + price * cost (ties go to the cheaper route).
+    price 0 buys the least loss; a higher price trades loss for cost — the Lagrangian of "least average loss
+    at a given average cost", which is optimal per request when the losses are right."""
+    return (losses + price * torch.tensor(costs)).argmin(dim=1)  # argmin returns the first (cheapest) minimum

@@ -1,8 +1,8 @@
-"""`oracle`: the cheapest route whose *measured* loss is within the threshold (evaluation only: an upper bound)."""
+"""`oracle`: the router's rule on each request's *measured* losses (evaluation only: an upper bound)."""
 
 import torch
 
-from stitchllm.routing.policies.base import Policy, RoutingBatch, cheapest_within
+from stitchllm.routing.policies.base import Policy, RoutingBatch, cheapest_priced
 
 
 class OraclePolicy(Policy):
@@ -14,4 +14,4 @@ class OraclePolicy(Policy):
     def choose(self, batch: RoutingBatch, knob: float) -> torch.Tensor:
         if batch.true_loss is None:
             raise ValueError("the oracle policy needs measured losses (evaluation only)")
-        return cheapest_within(batch.true_loss, knob, list(range(len(batch.route_names))))
+        return cheapest_priced(batch.true_loss, batch.costs, knob)
