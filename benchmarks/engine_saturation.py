@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 
 import torch
 
@@ -37,7 +38,9 @@ def main() -> None:
     run_closed_loop(engine, requests, args.concurrency, 2, args.output_tokens)  # warm-up
     records, wall = run_closed_loop(engine, requests, args.concurrency, args.duration, args.output_tokens)
     tokens = sum(len(r.token_times) for r in records)
-    print(f"{args.policy}: {len(records)} requests, {tokens / wall:.1f} output tok/s over {wall:.1f} s")
+    mix = Counter(r.route for r in records)
+    print(f"{args.policy}: {len(records)} requests, {tokens / wall:.1f} output tok/s over {wall:.1f} s; routes "
+          + ", ".join(f"{name} {n / len(records):.0%}" for name, n in mix.most_common()))
 
 
 if __name__ == "__main__":
