@@ -120,3 +120,4 @@ def test_dominated_routes_are_not_served(tiny_stitches, tiny_parent_dir, tiny_si
     assert served.dominated == ("L3-S1",) and [r.name for r in served.routes] == ["small", "L2-S1", "large"]
     everything = load_catalog(str(tiny_parent_dir), str(tiny_sibling[0]), str(copy), all_routes=True)
     assert [r.name for r in everything.routes] == ["small", "L2-S1", "L3-S1", "large"]
+    assert everything.dominated == ("L3-S1",)

@@ -227,7 +227,6 @@ def routes_command(
     from stitchllm.routing.catalog import load_catalog
     from stitchllm.stitch.store import MANIFEST
 
-    served = {r.name for r in load_catalog(model, small, stitches).routes}
     catalog = load_catalog(model, small, stitches, all_routes=True)
     manifest_path = _stitch_dir(catalog, stitches) / MANIFEST
     quality = json.loads(manifest_path.read_text())["validation"]["trained"] if manifest_path.is_file() else {}
@@ -237,7 +236,7 @@ def routes_command(
              "weight_bytes_per_step": r.weight_bytes_per_step(catalog.configs),
              "relative_bytes": round(r.weight_bytes_per_step(catalog.configs) / large_bytes, 4),
              "segments": [[s.model, s.first, s.end] for s in r.segments],
-             "validation": quality.get(r.name), "served": r.name in served} for r in catalog.routes]
+             "validation": quality.get(r.name), "served": r.name not in catalog.dominated} for r in catalog.routes]
     if as_json:
         print(json.dumps({"routes": rows}))
         return

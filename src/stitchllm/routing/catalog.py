@@ -22,7 +22,7 @@ class RouteCatalog:
     family: Family
     stitches: dict[str, StitchLayer]
     routes: list[Route]
-    dominated: tuple[str, ...] = ()  # built, but off the validation frontier: not served (`all_routes=True` keeps them)
+    dominated: tuple[str, ...] = ()  # built, but off the validation frontier: not served unless `all_routes`
 
     @property
     def configs(self) -> dict[str, ModelConfig]:
@@ -74,10 +74,10 @@ def load_catalog(large: str = "default", small: str | None = None, stitches: str
     if not ((directory / MANIFEST).is_file() or require_stitches or stitches):
         return build_catalog(family, {})
     catalog = build_catalog(family, load_stitches(family, directory, which))
-    if all_routes:
-        return catalog
     validation = read_manifest(directory)["validation"][which]
     drop = dominated({r.name: validation[r.name]["kl"] for r in catalog.routes},
                      {r.name: catalog.relative_cost(r) for r in catalog.routes})
+    if all_routes:
+        return dataclasses.replace(catalog, dominated=tuple(sorted(drop)))
     kept = {key: s for key, s in catalog.stitches.items() if catalog.route_of(s).name not in drop}
     return dataclasses.replace(build_catalog(family, kept), dominated=tuple(sorted(drop)))

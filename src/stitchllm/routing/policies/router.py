@@ -10,8 +10,8 @@ class RouterPolicy(Policy):
 
     The knob is a price on cost rather than a loss threshold ("cheapest route within the threshold"): with
     several routes, a threshold sends a request to the cheapest route under the bar even when a slightly
-    dearer one loses far less. Measured on held-out requests of the default family (docs/ROUTING.md), the
-    threshold rule recovered half the quality per unit of cost that the priced rule did.
+    dearer one loses far less. On held-out requests of the default family (docs/ROUTING.md) the threshold rule
+    scored APGR 0.24, the priced rule 0.51.
     """
 
     name = "router"
