@@ -50,8 +50,10 @@ def _download_from_hub(repo_id: str) -> Path:
 
 def gguf_to_hf_dir(gguf: Path, name: str | None = None) -> Path:
     """Convert a GGUF file once, with transformers' own converter, into a cached HF directory (fp32 safetensors)."""
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+    # Keyed by content (size + first MiB), not path or mtime: every venv installs its own copy of the embedded
+    # GGUF, and a path key made two checkouts re-convert into the shared cache in turn.
+    with gguf.open("rb") as f:
+        key = hashlib.sha256(str(gguf.stat().st_size).encode() + f.read(1 << 20)).hexdigest()[:10]
     out = stitchllm_home() / "models" / (name or f"{gguf.stem}-{key}")
     marker = out / "stitchllm-source.json"
     if marker.is_file() and json.loads(marker.read_text()).get("key") == key:
