@@ -58,6 +58,20 @@ def test_mixed_batch_of_prefill_and_decode(tiny):
     torch.testing.assert_close(mixed[13], tiny(c, ForwardBatch([0], [0], [5]))[-1], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("slots", [[5, 2, 3], [2, 3, 4], [0, 9, 4]])
+def test_decode_batch_reads_any_slot_layout(tiny, slots):
+    """Decode attention reads a slot range as one view (in order, out of order, with a gap) or gathers scattered
+    slots; every layout gives each sequence its own logits."""
+    seqs = [torch.randint(0, 200, (n,), generator=torch.Generator().manual_seed(n)) for n in (7, 11, 4)]
+    cache = tiny.new_cache(num_slots=10, max_len=32)
+    for slot, ids in zip(slots, seqs):
+        tiny(ids[:-1], ForwardBatch([slot], [0], [len(ids) - 1]), cache)
+    step = tiny(torch.stack([ids[-1] for ids in seqs]), ForwardBatch(slots, [len(ids) - 1 for ids in seqs], [1] * 3),
+                cache)
+    for row, ids in zip(step, seqs):
+        torch.testing.assert_close(row, tiny(ids, ForwardBatch([0], [0], [len(ids)]))[-1], atol=1e-5, rtol=0)
+
+
 def test_batched_greedy_generation_equals_alone(smollm2):
     model, tokenizer, _ = smollm2
     texts = ["The capital of France is", "Here is a list of three fruits:",

@@ -9,7 +9,7 @@ from stitchllm.generation import generate
 from stitchllm.models.batch import ForwardBatch
 from stitchllm.models.config import ModelConfig
 from stitchllm.routing.catalog import build_catalog, load_catalog
-from stitchllm.routing.route import default_cuts, enumerate_routes, matched_entry
+from stitchllm.routing.route import default_cuts, entry_after, enumerate_routes, matched_entry
 from stitchllm.sampling import SamplingParams
 from stitchllm.stitch.build import StitchBuildConfig, build_stitches
 from stitchllm.stitch.frontier import dominated
@@ -41,6 +41,19 @@ def test_route_enumeration_and_depth_matching():
     assert large.params(configs) == configs["large"].total_params
 
 
+def test_entries_follow_a_derived_siblings_block_map(tiny_parent_dir, tiny_sibling):
+    configs = {"large": smollm2_like(30, 576), "small": smollm2_like(15, 576)}
+    block_map = [0, 1, 6, 7, 8, 10, 18, 19, 20, 21, 22, 23, 24, 28, 29]  # the default sibling's kept blocks
+    routes = enumerate_routes(configs, block_map=block_map)
+    # relative depth at every 3rd block, plus cuts just before kept blocks (2 apart, upper two thirds) entering at
+    # them; L28-S13 would cost more than the large model. The four block-map routes at 27 blocks cost the same.
+    assert [r.name for r in routes] == ["small", "L10-S5", "L13-S6", "L16-S8", "L19-S10", "L22-S11", "L18-S6",
+                                        "L20-S8", "L22-S10", "L24-S12", "L25-S12", "L28-S14", "large"]
+    assert entry_after(13, block_map) == 6 and entry_after(29, block_map) == 14
+    assert load_family(tiny_parent_dir, tiny_sibling[0]).small_block_map() == tiny_sibling[1]["kept"]["blocks"]
+    assert load_family(tiny_parent_dir, tiny_parent_dir).small_block_map() is None  # not derived from the large
+
+
 @pytest.fixture(scope="module")
 def self_family(tiny_parent_dir):
     """The tiny parent stitched to itself: a stitch at equal depth must learn the identity."""
@@ -65,7 +78,7 @@ def test_self_stitch_least_squares_reproduces_the_model(self_family):
 def tiny_stitches(tiny_parent_dir, tiny_sibling, tmp_path_factory):
     family = load_family(tiny_parent_dir, tiny_sibling[0])
     out = tmp_path_factory.mktemp("stitches")
-    cfg = StitchBuildConfig(cuts=(2, 3), calibration_tokens=4096, validation_tokens=1024,
+    cfg = StitchBuildConfig(cuts=(2, 3), block_map=False, screen=False, calibration_tokens=4096, validation_tokens=1024,
                             train=StitchTrainConfig(steps=3))
     return family, out, build_stitches(family, cfg, out)
 
@@ -94,7 +107,7 @@ def test_manifest_for_another_family_is_refused(tiny_stitches, tiny_parent_dir, 
 
 def test_generation_along_route_equals_full_scoring(tiny_stitches, tiny_parent_dir, tiny_sibling):
     _, out, _ = tiny_stitches
-    catalog = load_catalog(str(tiny_parent_dir), str(tiny_sibling[0]), str(out), all_routes=True)
+    catalog = load_catalog(str(tiny_parent_dir), str(tiny_sibling[0]), str(out))
     route = catalog.route("L3-S1")
     prompt = torch.randint(0, 49152, (11,), generator=torch.Generator().manual_seed(2)).tolist()
     params = SamplingParams(max_tokens=12, ignore_eos=True)
@@ -104,20 +117,23 @@ def test_generation_along_route_equals_full_scoring(tiny_stitches, tiny_parent_d
     assert logits[len(prompt) - 1 : -1].argmax(-1).tolist() == new
 
 
-def test_dominated_routes_are_not_served(tiny_stitches, tiny_parent_dir, tiny_sibling, tmp_path):
-    import json
-    import shutil
-
-    _, out, manifest = tiny_stitches
-    assert dominated({"small": 2.0, "A": 1.5, "B": 1.6, "C": 1.0, "large": 0.0},
-                     {"small": 0.3, "A": 0.5, "B": 0.6, "C": 0.8, "large": 1.0}) == {"B"}
-    copy = tmp_path / "stitches"
-    shutil.copytree(out, copy)
-    trained = manifest["validation"]["trained"]
-    trained["L3-S1"]["kl"] = trained["L2-S1"]["kl"] + 0.1  # the dearer route is now the worse one on validation
-    (copy / "manifest.json").write_text(json.dumps(manifest))
-    served = load_catalog(str(tiny_parent_dir), str(tiny_sibling[0]), str(copy))
-    assert served.dominated == ("L3-S1",) and [r.name for r in served.routes] == ["small", "L2-S1", "large"]
-    everything = load_catalog(str(tiny_parent_dir), str(tiny_sibling[0]), str(copy), all_routes=True)
-    assert [r.name for r in everything.routes] == ["small", "L2-S1", "L3-S1", "large"]
-    assert everything.dominated == ("L3-S1",)
+def test_build_keeps_only_the_validation_frontier(tiny_parent_dir, tiny_sibling, tmp_path):
+    # kept: better on KL and ppl than every kept route of lower or equal cost (at equal cost the better one stays)
+    quality = {"small": (2.0, 50), "A": (1.5, 40), "B": (1.6, 35), "C": (1.0, 30), "D": (0.9, 29), "E": (0.8, 31),
+               "large": (0.0, 15)}
+    costs = {"small": 0.3, "A": 0.5, "B": 0.6, "C": 0.8, "D": 0.8, "E": 0.9, "large": 1.0}
+    assert dominated({n: {"kl": kl, "ppl": ppl} for n, (kl, ppl) in quality.items()}, costs) == {"B", "C", "E"}
+    family = load_family(tiny_parent_dir, tiny_sibling[0])
+    cfg = StitchBuildConfig(cuts=(1, 2, 3), calibration_tokens=4096, validation_tokens=1024,
+                            train=StitchTrainConfig(steps=2))
+    manifest = build_stitches(family, cfg, tmp_path)
+    configs = {"large": family.large.config, "small": family.small.config}
+    candidates = enumerate_routes(configs, [1, 2, 3], family.small_block_map())
+    kept = [r for r in candidates if r.name in manifest["validation"]["trained"]]
+    assert kept[0].name == "small" and kept[-1].name == "large"
+    assert {r.name for r in kept} | set(manifest["screened_out"]) == {r.name for r in candidates}
+    for key in ("kl", "ppl"):  # dearer stitched routes strictly better
+        values = [manifest["validation"]["trained"][r.name][key] for r in kept[1:-1]]
+        assert values == sorted(values, reverse=True) and len(set(values)) == len(values)
+    catalog = load_catalog(str(tiny_parent_dir), str(tiny_sibling[0]), str(tmp_path))
+    assert [r.name for r in catalog.routes] == [r.name for r in kept]

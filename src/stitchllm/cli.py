@@ -52,7 +52,7 @@ def generate(
     else:
         from stitchllm.routing.catalog import load_catalog
 
-        catalog = load_catalog(model, small, stitches, all_routes=True)
+        catalog = load_catalog(model, small, stitches)
         chosen, lm, tokenizer = catalog.route(route), catalog.family.large, catalog.family.tokenizer
         make_runner = lambda n: catalog.executor.last_logits(chosen, 1, n)  # noqa: E731
     ids = encode_prompt(tokenizer, prompt, chat=chat, context=lm.max_positions)
@@ -164,7 +164,7 @@ def eval_command(
     else:
         from stitchllm.routing.catalog import load_catalog
 
-        catalog = load_catalog(model, small, stitches, which="init" if init else "trained", all_routes=True)
+        catalog = load_catalog(model, small, stitches, which="init" if init else "trained")
         tokenizer, large = catalog.family.tokenizer, catalog.family.large
         chosen = catalog.select(routes)
     windows = token_windows(body, tokenizer, min(window, large.max_positions), max_tokens)
@@ -190,7 +190,7 @@ app.add_typer(stitch_app, name="stitch")
 
 @stitch_app.command("build")
 def stitch_build(
-    cuts: Annotated[Optional[str], typer.Option(help="Comma-separated cut points k (default: every 3 blocks).")] = None,
+    cuts: Annotated[Optional[str], typer.Option(help="Comma-separated cut points k (default: see docs/STITCHING.md).")] = None,
     steps: Annotated[int, typer.Option(help="Distillation steps (all stitches train each step).")] = 40,
     model: ModelOpt = "default",
     small: SmallOpt = None,
@@ -227,7 +227,7 @@ def routes_command(
     from stitchllm.routing.catalog import load_catalog
     from stitchllm.stitch.store import MANIFEST
 
-    catalog = load_catalog(model, small, stitches, all_routes=True)
+    catalog = load_catalog(model, small, stitches)
     manifest_path = _stitch_dir(catalog, stitches) / MANIFEST
     quality = json.loads(manifest_path.read_text())["validation"]["trained"] if manifest_path.is_file() else {}
     large_bytes = catalog.route("large").weight_bytes_per_step(catalog.configs)
@@ -236,7 +236,7 @@ def routes_command(
              "weight_bytes_per_step": r.weight_bytes_per_step(catalog.configs),
              "relative_bytes": round(r.weight_bytes_per_step(catalog.configs) / large_bytes, 4),
              "segments": [[s.model, s.first, s.end] for s in r.segments],
-             "validation": quality.get(r.name), "served": r.name not in catalog.dominated} for r in catalog.routes]
+             "validation": quality.get(r.name)} for r in catalog.routes]
     if as_json:
         print(json.dumps({"routes": rows}))
         return
@@ -244,8 +244,7 @@ def routes_command(
     for r in rows:
         q = r["validation"] or {}
         print(f"{r['name']:>10} {r['params'] / 1e6:>8.1f}M {r['flops_per_token'] / 1e6:>10.1f} {r['cost']:>6.3f} "
-              f"{r['weight_bytes_per_step'] / 1e6:>8.1f} {q.get('ppl', float('nan')):>8.2f} {q.get('kl', float('nan')):>7.3f}"
-              + ("" if r["served"] else "  (dominated on validation: not served)"))
+              f"{r['weight_bytes_per_step'] / 1e6:>8.1f} {q.get('ppl', float('nan')):>8.2f} {q.get('kl', float('nan')):>7.3f}")
 
 
 router_app = typer.Typer(no_args_is_help=True, help="The per-request router: train it, evaluate the policies.")
@@ -393,7 +392,8 @@ def bench(
     duration: Annotated[float, typer.Option(help="Seconds of arrivals per policy and rate (and of saturation).")] = 30.0,
     prompt_tokens: Annotated[int, typer.Option(help="Prompt length.")] = 64,
     output_tokens: Annotated[int, typer.Option(help="Tokens generated per request.")] = 32,
-    concurrency: Annotated[int, typer.Option(help="Requests in flight in the saturation run.")] = 32,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight in the saturation run.")] = 64,
+    peer_batch: Annotated[int, typer.Option(help="Static batch of transformers generate.")] = 32,
     slo_ttft: Annotated[float, typer.Option("--slo-ttft", help="TTFT SLO, ms.")] = 2000.0,
     slo_tpot: Annotated[float, typer.Option("--slo-tpot", help="TPOT SLO, ms.")] = 250.0,
     text: Annotated[Optional[str], typer.Option(help="Prompt text (default: the held-out corpus split).")] = None,
@@ -421,7 +421,7 @@ def bench(
     cfg = BenchConfig(policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
                       rates=tuple(float(r) for r in rates.split(",") if r.strip()), duration=duration,
                       prompt_tokens=prompt_tokens, output_tokens=output_tokens, concurrency=concurrency,
-                      slo_ttft_ms=slo_ttft, slo_tpot_ms=slo_tpot, num_requests=min(256, max(8, len(ids) // 100)),
+                      peer_batch=peer_batch, slo_ttft_ms=slo_ttft, slo_tpot_ms=slo_tpot, num_requests=min(256, max(8, len(ids) // 100)),
                       peers=peers)
     report = run_bench(catalog, stitch_dir, ids, cfg, embedded_gguf_path() if model == "default" else None)
     if plot:

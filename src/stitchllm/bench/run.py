@@ -29,7 +29,8 @@ class BenchConfig:
     duration: float = 30.0
     prompt_tokens: int = 64
     output_tokens: int = 32
-    concurrency: int = 32
+    concurrency: int = 64  # requests in flight at saturation, and the engine's max_num_seqs
+    peer_batch: int = 32  # transformers generate's static batch
     slo_ttft_ms: float = 2000.0
     slo_tpot_ms: float = 250.0
     static_cost: float = 0.7
@@ -47,7 +48,7 @@ def _engine(catalog: RouteCatalog, stitch_dir, policy: str, cfg: BenchConfig):
 
 
 def _peers(catalog: RouteCatalog, requests, gguf: Path | None, cfg: BenchConfig) -> list[dict]:
-    rows = [transformers_generate(catalog.family.large_dir, requests, cfg.concurrency, cfg.output_tokens,
+    rows = [transformers_generate(catalog.family.large_dir, requests, cfg.peer_batch, cfg.output_tokens,
                                   cfg.duration)]
     if gguf is not None:
         row = llama_cpp_single_stream(gguf, requests, cfg.output_tokens, cfg.duration, torch.get_num_threads())
@@ -85,4 +86,4 @@ def run_bench(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: Be
             "saturation_detail": saturation_rows, "peers": peers, "routes": routes, "config": {
                 "policies": list(cfg.policies), "rates": list(cfg.rates), "duration": cfg.duration,
                 "prompt_tokens": cfg.prompt_tokens, "output_tokens": cfg.output_tokens,
-                "concurrency": cfg.concurrency, "slo_ttft_ms": cfg.slo_ttft_ms, "slo_tpot_ms": cfg.slo_tpot_ms}}
+                "concurrency": cfg.concurrency, "peer_batch": cfg.peer_batch, "slo_ttft_ms": cfg.slo_ttft_ms, "slo_tpot_ms": cfg.slo_tpot_ms}}

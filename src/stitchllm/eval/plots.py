@@ -12,14 +12,20 @@ def _pyplot():
     return plt
 
 
-def plot_route_frontier(rows: list[dict], path: str, title: str) -> None:
-    """Perplexity and top-1 agreement of every route against its relative cost."""
+def plot_route_frontier(rows: list[dict], path: str, title: str, screened_out: list[dict] = ()) -> None:
+    """Perplexity and top-1 agreement of every route against its relative cost; `screened_out` rows (candidates
+    the build dropped) as grey crosses."""
     plt = _pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
     costs = [r["cost"] for r in rows]
     a.plot(costs, [r["ppl"] for r in rows], "o-")
     b.plot(costs, [r["top1_agree"] for r in rows], "o-", color="tab:green")
-    for r in rows:
+    if screened_out:
+        for ax, key in ((a, "ppl"), (b, "top1_agree")):
+            ax.plot([r["cost"] for r in screened_out], [r[key] for r in screened_out], "x", color="grey",
+                    label="screened out on validation")
+            ax.legend(fontsize=7)
+    for r in list(rows) + list(screened_out):
         a.annotate(r["name"], (r["cost"], r["ppl"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         b.annotate(r["name"], (r["cost"], r["top1_agree"]), fontsize=7, xytext=(3, -9), textcoords="offset points")
     a.set(xlabel="cost (FLOPs/token relative to large)", ylabel="perplexity (held-out)", title=title)

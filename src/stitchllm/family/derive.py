@@ -15,6 +15,7 @@ from stitchllm.errors import StitchError
 from stitchllm.eval.perplexity import model_full_logits, perplexity
 from stitchllm.eval.text import token_windows
 from stitchllm.family.distill import DistillConfig, distill
+from stitchllm.family.family import weights_fingerprint
 from stitchllm.family.importance import measure_importance
 from stitchllm.family.prune import PruneTarget, prune
 from stitchllm.models.loader import load_model, load_tokenizer, resolve_model_dir
@@ -76,6 +77,7 @@ def derive(cfg: DeriveConfig, out: Path, heal: bool = True) -> dict:
     calib = list(train_ids[: cfg.calibration_tokens].split(512))
     child, kept = prune(parent, measure_importance(parent, calib), cfg.target)
     report = {"fingerprint": cfg.fingerprint(), "recipe": asdict(cfg), "kept": kept,
+              "parent_fingerprint": weights_fingerprint(parent_dir),
               "val_ppl": {"parent": perplexity(model_full_logits(parent), val_windows).ppl,
                           "pruned": perplexity(model_full_logits(child), val_windows).ppl}}
     if heal and cfg.heal_tokens > 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,18 @@ class Family:
 
     def fingerprint(self) -> dict[str, str]:
         return {"large": weights_fingerprint(self.large_dir), "small": weights_fingerprint(self.small_dir)}
+
+    def small_block_map(self) -> list[int] | None:
+        """When `small` was derived from `large` by `family derive`: the large block each small block came from."""
+        from stitchllm.family.derive import MANIFEST
+
+        manifest = self.small_dir / MANIFEST
+        if not manifest.is_file():
+            return None
+        report = json.loads(manifest.read_text())
+        blocks = report.get("kept", {}).get("blocks")
+        derived_from_large = report.get("parent_fingerprint") == weights_fingerprint(self.large_dir)
+        return blocks if derived_from_large and blocks and len(blocks) == self.small.config.num_layers else None
 
 
 def load_family(large: str | Path = "default", small: str | Path | None = None) -> Family:

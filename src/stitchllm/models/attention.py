@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from stitchllm.models.batch import ForwardBatch, key_length_mask
+from stitchllm.models.batch import ForwardBatch
+from stitchllm.models.decode_layout import DecodeLayout
 
 
 def _causal_mask(num_new: int, start: int, device: torch.device) -> torch.Tensor:
@@ -31,27 +32,22 @@ def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -
 
 
 def _decode_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: list[int], starts: list[int],
-    mask: torch.Tensor | None,
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, layout: DecodeLayout
 ) -> torch.Tensor:
     """Sequences that each bring one token: one batched attention call instead of one per sequence.
 
-    q [B, H, hd]; caches [slots, kv, max_len, hd]; mask [B, 1, 1, L] or None. Keys are read up to the longest
-    context among them, masked for the shorter ones (the only padding in the runtime, over decode keys only).
-    Query heads are viewed as [kv, G] so each group of G heads meets its shared key head without copying keys.
+    q [B, H, hd]; caches [slots, kv, max_len, hd]. Keys are read up to the longest context among them, masked for
+    the shorter ones (the only padding in the runtime, over decode keys only). Query heads are viewed as [kv, G]
+    so each group of G heads meets its shared key head without copying keys.
     """
     B, H, hd = q.shape
     kv_heads = k_cache.shape[1]
-    longest = max(starts) + 1
-    first = slots[0]
-    if slots == list(range(first, first + B)):  # consecutive slots: a zero-copy view of the cache
-        k, v = k_cache[first : first + B, :, :longest], v_cache[first : first + B, :, :longest]
-    else:
-        index = torch.tensor(slots, device=q.device)
-        k = k_cache[:, :, :longest].index_select(0, index)  # [B, kv, L, hd]
-        v = v_cache[:, :, :longest].index_select(0, index)
-    out = F.scaled_dot_product_attention(q.view(B, kv_heads, H // kv_heads, hd), k, v, attn_mask=mask)
-    return out.view(B, H, hd)
+    k, v = layout.cache_view(k_cache), layout.cache_view(v_cache)  # [span, kv, L, hd]
+    if not layout.in_order:
+        q = q.new_zeros(layout.span, H, hd).index_copy_(0, layout.rows, q)
+    out = F.scaled_dot_product_attention(q.view(layout.span, kv_heads, H // kv_heads, hd), k, v,
+                                         attn_mask=layout.mask).view(layout.span, H, hd)
+    return out if layout.in_order else out.index_select(0, layout.rows)
 
 
 def attention(
@@ -75,7 +71,7 @@ def attention(
         k_cache[batch.token_slots, :, batch.positions] = k
         v_cache[batch.token_slots, :, batch.positions] = v
         if batch.is_decode:
-            return _decode_attention(q, k_cache, v_cache, batch.slots, batch.starts, batch.decode_mask())
+            return _decode_attention(q, k_cache, v_cache, batch.decode_layout())
     elif any(batch.starts):
         raise ValueError("attention without a KV cache needs every sequence to start at position 0")
     out = torch.empty_like(q)
@@ -83,9 +79,7 @@ def attention(
     single = [i for i, n in enumerate(batch.lengths) if n == 1]
     if kv_cache is not None and len(single) > 1:  # decode tokens among prefill chunks: one call for them all
         rows = torch.tensor([offsets[i] for i in single], device=q.device)
-        starts = [batch.starts[i] for i in single]
-        out[rows] = _decode_attention(q[rows], k_cache, v_cache, [batch.slots[i] for i in single], starts,
-                                      key_length_mask(starts, q.device))
+        out[rows] = _decode_attention(q[rows], k_cache, v_cache, batch.decode_layout())
     batched_decode = kv_cache is not None and len(single) > 1
     for i, (slot, start, n) in enumerate(zip(batch.slots, batch.starts, batch.lengths)):
         if batched_decode and n == 1:

@@ -6,15 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-
-def key_length_mask(starts: list[int], device: torch.device) -> torch.Tensor | None:
-    """For single-token sequences at positions `starts`: [B, 1, 1, L] bool, True where key position < the
-    sequence's length, L the longest; None when all are equally long."""
-    if len(set(starts)) == 1:
-        return None
-    lengths = torch.tensor(starts, device=device) + 1
-    keys = torch.arange(int(lengths.max()), device=device)
-    return (keys[None, :] < lengths[:, None])[:, None, None, :]
+from stitchllm.models.decode_layout import DecodeLayout
 
 
 @dataclass(slots=True)
@@ -30,7 +22,7 @@ class ForwardBatch:
     token_slots: torch.Tensor = field(init=False)  # [T] cache slot of every packed token
     is_decode: bool = field(init=False)  # every sequence brings exactly one token (the steady state)
     _rope: dict = field(init=False, default_factory=dict)
-    _decode_mask: torch.Tensor | None = field(init=False, default=None)
+    _decode_layout: DecodeLayout | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         if not (len(self.slots) == len(self.starts) == len(self.lengths)):
@@ -49,11 +41,13 @@ class ForwardBatch:
     def num_tokens(self) -> int:
         return self.positions.shape[0]
 
-    def decode_mask(self) -> torch.Tensor | None:
-        """For a decode batch: its key_length_mask, computed once per pass (shared by all blocks)."""
-        if self._decode_mask is None:
-            self._decode_mask = key_length_mask(self.starts, self.device)
-        return self._decode_mask
+    def decode_layout(self) -> DecodeLayout:
+        """Where the single-token sequences' keys are in the cache, computed once per pass (shared by all blocks)."""
+        if self._decode_layout is None:
+            single = [i for i, n in enumerate(self.lengths) if n == 1]
+            self._decode_layout = DecodeLayout.build([self.slots[i] for i in single],
+                                                     [self.starts[i] for i in single], self.device)
+        return self._decode_layout
 
     def last_token_indices(self) -> torch.Tensor:
         """[B] index into the packed tokens of each sequence's last new token (whose logits sample the next)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -22,7 +21,6 @@ class RouteCatalog:
     family: Family
     stitches: dict[str, StitchLayer]
     routes: list[Route]
-    dominated: tuple[str, ...] = ()  # built, but off the validation frontier: not served unless `all_routes`
 
     @property
     def configs(self) -> dict[str, ModelConfig]:
@@ -40,9 +38,6 @@ class RouteCatalog:
             if r.name == name:
                 return r
         raise StitchError(f"unknown route {name!r}; available: {', '.join(r.name for r in self.routes)}")
-
-    def route_of(self, stitch: StitchLayer) -> Route:
-        return stitched_route(self.configs, stitch.cut, stitch.entry)
 
     def select(self, names: str) -> list[Route]:
         """'all' or a comma-separated list of names -> routes, ordered by cost."""
@@ -62,22 +57,13 @@ def build_catalog(family: Family, stitches: dict[str, StitchLayer]) -> RouteCata
 
 
 def load_catalog(large: str = "default", small: str | None = None, stitches: str | Path | None = None,
-                 which: str = "trained", require_stitches: bool = False, all_routes: bool = False) -> RouteCatalog:
-    """Load the family and, when built, its stitches (from `stitches` or the family's cache directory). Routes
-    that a cheaper route matched or beat on the build's validation text are left out unless `all_routes`."""
+                 which: str = "trained", require_stitches: bool = False) -> RouteCatalog:
+    """Load the family and, when built, its stitches (from `stitches` or the family's cache directory)."""
     from stitchllm.stitch.build import stitches_dir
-    from stitchllm.stitch.frontier import dominated
-    from stitchllm.stitch.store import MANIFEST, load_stitches, read_manifest
+    from stitchllm.stitch.store import MANIFEST, load_stitches
 
     family = load_family(large, small)
     directory = Path(stitches) if stitches else stitches_dir(family)
     if not ((directory / MANIFEST).is_file() or require_stitches or stitches):
         return build_catalog(family, {})
-    catalog = build_catalog(family, load_stitches(family, directory, which))
-    validation = read_manifest(directory)["validation"][which]
-    drop = dominated({r.name: validation[r.name]["kl"] for r in catalog.routes},
-                     {r.name: catalog.relative_cost(r) for r in catalog.routes})
-    if all_routes:
-        return dataclasses.replace(catalog, dominated=tuple(sorted(drop)))
-    kept = {key: s for key, s in catalog.stitches.items() if catalog.route_of(s).name not in drop}
-    return dataclasses.replace(build_catalog(family, kept), dominated=tuple(sorted(drop)))
+    return build_catalog(family, load_stitches(family, directory, which))

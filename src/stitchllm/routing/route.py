@@ -87,9 +87,42 @@ def matched_entry(cut: int, configs: dict[str, ModelConfig]) -> int:
     return min(max(1, round(cut * n_small / n_large)), n_small - 1)
 
 
-def enumerate_routes(configs: dict[str, ModelConfig], cuts: list[int] | None = None) -> list[Route]:
-    """small, every stitched route at the given cuts (entry matched by depth), and large, ordered by cost."""
-    cuts = default_cuts(configs["large"].num_layers) if cuts is None else cuts
-    routes = [small_route(configs), large_route(configs)]
-    routes += [stitched_route(configs, k, matched_entry(k, configs)) for k in cuts]
-    return sorted(routes, key=lambda r: r.flops_per_token(configs))
+def entry_after(cut: int, block_map: list[int]) -> int:
+    """Entry into a sibling pruned from the large model: its first block that came from large block >= `cut`.
+
+    `block_map[j]` is the large block that small block j was pruned from. Cutting just before a kept block and
+    entering at it runs every large block once, itself or through its healed copy; relative depth instead skips
+    (or repeats) the runs of blocks the pruning dropped.
+    """
+    later = [j for j, parent in enumerate(block_map) if parent >= cut]
+    return min(max(1, later[0] if later else len(block_map) - 1), len(block_map) - 1)
+
+
+def block_map_cuts(configs: dict[str, ModelConfig], block_map: list[int], step: int = 2) -> list[int]:
+    """Cuts just before a kept block, over the upper two thirds, at least `step` apart, cheaper than the large model."""
+    large_cost = large_route(configs).flops_per_token(configs)
+    cuts: list[int] = []
+    for j, k in enumerate(block_map):
+        route = stitched_route(configs, k, j)
+        if j == 0 or k < configs["large"].num_layers // 3 or route.flops_per_token(configs) >= large_cost:
+            continue
+        if not cuts or k - cuts[-1] >= step:
+            cuts.append(k)
+    return cuts
+
+
+def enumerate_routes(configs: dict[str, ModelConfig], cuts: list[int] | None = None,
+                     block_map: list[int] | None = None) -> list[Route]:
+    """small, every candidate stitched route, and large, ordered by cost.
+
+    Entries matched by relative depth at `cuts` (default: every 3 blocks). With a `block_map` (the small model
+    was pruned from the large) also the routes that cut just before a kept block and enter at it (`entry_after`),
+    at `cuts` or by default at `block_map_cuts`.
+    """
+    pairs = [(k, matched_entry(k, configs)) for k in (default_cuts(configs["large"].num_layers) if cuts is None
+                                                       else cuts)]
+    if block_map is not None:
+        pairs += [(k, entry_after(k, block_map)) for k in (block_map_cuts(configs, block_map) if cuts is None
+                                                           else cuts)]
+    routes = [small_route(configs), large_route(configs)] + [stitched_route(configs, k, j) for k, j in set(pairs)]
+    return sorted(routes, key=lambda r: (r.flops_per_token(configs), r.name))

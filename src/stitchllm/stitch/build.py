@@ -17,6 +17,7 @@ from stitchllm.family.family import Family
 from stitchllm.paths import stitchllm_home
 from stitchllm.routing.executor import RouteExecutor
 from stitchllm.routing.route import enumerate_routes
+from stitchllm.stitch.frontier import dominated
 from stitchllm.stitch.init import paired_activations, ridge_affine
 from stitchllm.stitch.layer import StitchLayer
 from stitchllm.stitch.store import MANIFEST, save_stitches
@@ -27,7 +28,9 @@ from stitchllm.stitch.train import StitchTrainConfig, train_stitches
 class StitchBuildConfig:
     """Which stitches to build and how; its hash decides whether a cached build can be reused."""
 
-    cuts: tuple[int, ...] | None = None  # None: every 3 large blocks over the upper two thirds
+    cuts: tuple[int, ...] | None = None  # None: the defaults of `enumerate_routes`
+    block_map: bool = True  # a sibling derived from the large model: also its block-map routes (`entry_after`)
+    screen: bool = True  # keep only the candidates on the validation quality/cost frontier
     calibration_tokens: int = 16384
     validation_tokens: int = 4096
     ridge: float = 1e-3
@@ -49,7 +52,13 @@ def _validate(family: Family, stitches: dict[str, StitchLayer], routes, windows)
 
 
 def build_stitches(family: Family, cfg: StitchBuildConfig, out: Path) -> dict:
-    """Build (or reuse) the stitches of every stitched route; returns the manifest."""
+    """Build (or reuse) the stitches of every candidate route, then keep those on the validation frontier.
+
+    A candidate that costs as much as a kept route or more and is not better on validation KL and perplexity both
+    is screened out
+    (its metrics stay in the manifest under "screened_out"): with a depth-pruned sibling, relative-depth entries
+    can skip whole runs of large blocks, and entries by block map can cost the same as a better route.
+    """
     manifest_path = out / MANIFEST
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
@@ -58,7 +67,8 @@ def build_stitches(family: Family, cfg: StitchBuildConfig, out: Path) -> dict:
     started = time.perf_counter()
     torch.manual_seed(cfg.train.seed)
     configs = {"large": family.large.config, "small": family.small.config}
-    routes = enumerate_routes(configs, list(cfg.cuts) if cfg.cuts else None)  # by cost: small ... large
+    block_map = family.small_block_map() if cfg.block_map else None
+    routes = enumerate_routes(configs, list(cfg.cuts) if cfg.cuts else None, block_map)  # small ... large
     pairs = [r.stitches[0] for r in routes if r.stitches]
     ids = torch.tensor(family.tokenizer(python_docs_text("train"), add_special_tokens=False)["input_ids"])
     calibration = list(ids[: cfg.calibration_tokens].split(512))
@@ -69,13 +79,16 @@ def build_stitches(family: Family, cfg: StitchBuildConfig, out: Path) -> dict:
         layer = StitchLayer(family.large.config.hidden_size, family.small.config.hidden_size, cut, entry)
         layer.set_affine(*ridge_affine(x, y, cfg.ridge))
         stitches[layer.key] = layer
-    save_stitches(stitches, out, "init.safetensors")
+    save_stitches(stitches, out, "init.safetensors")  # every candidate; the manifest names the ones kept
     metrics_init = _validate(family, stitches, routes, val_windows)
-
-    train_ids = ids[cfg.calibration_tokens:]
-    train_kl = train_stitches(family, stitches, train_ids, cfg.train)
-    save_stitches(stitches, out, "trained.safetensors")
+    train_kl = train_stitches(family, stitches, ids[cfg.calibration_tokens:], cfg.train)
     metrics_trained = _validate(family, stitches, routes, val_windows)
+
+    costs = {r.name: r.flops_per_token(configs) for r in routes}
+    dropped = dominated(metrics_trained, costs) if cfg.screen else set()
+    pairs = [r.stitches[0] for r in routes if r.stitches and r.name not in dropped]
+    save_stitches({key: s for key, s in stitches.items() if (s.cut, s.entry) in pairs}, out, "trained.safetensors")
+    kept = {n for n in costs if n not in dropped}
 
     manifest = {
         "family": family.fingerprint(),
@@ -86,7 +99,9 @@ def build_stitches(family: Family, cfg: StitchBuildConfig, out: Path) -> dict:
         "training": {"text": "python stdlib docstrings, train split", "steps": cfg.train.steps,
                      "tokens": cfg.train.steps * cfg.train.batch * cfg.train.seq_len,
                      "calibration_tokens": cfg.calibration_tokens, "final_train_kl": train_kl},
-        "validation": {"init": metrics_init, "trained": metrics_trained},
+        "validation": {"init": {n: m for n, m in metrics_init.items() if n in kept},
+                       "trained": {n: m for n, m in metrics_trained.items() if n in kept}},
+        "screened_out": {n: {"init": metrics_init[n], "trained": metrics_trained[n]} for n in sorted(dropped)},
         "seconds": round(time.perf_counter() - started, 1),
     }
     manifest_path.write_text(json.dumps(manifest, indent=2))

@@ -1,15 +1,18 @@
-"""Keep the routes on the quality/cost frontier: a route that costs more than another and is no better on the
-build's validation text would never be worth serving (SN-Net serves only its Pareto-optimal stitches too)."""
+"""Keep the routes on the quality/cost frontier: a route that costs as much as another or more and is not better
+on the build's validation text would never be worth serving (SN-Net keeps only its Pareto-optimal stitches too)."""
 
 from __future__ import annotations
 
+QUALITY_KEYS = ("kl", "ppl")  # both lower-is-better: distance to the large model, and fit to the text itself
 
-def dominated(validation_kl: dict[str, float], costs: dict[str, float]) -> set[str]:
-    """Names of routes whose validation KL to the large model some cheaper route matches or beats."""
-    out, best = set(), float("inf")
-    for name in sorted(costs, key=costs.get):
-        if validation_kl[name] >= best:
+
+def dominated(validation: dict[str, dict[str, float]], costs: dict[str, float]) -> set[str]:
+    """Names of stitched routes that do not beat, on every quality key, each kept route of lower or equal cost.
+    The whole models always stay: they are the two ends every policy needs."""
+    out, last = set(), None
+    for name in sorted(costs, key=lambda n: (costs[n], *(validation[n][k] for k in QUALITY_KEYS))):
+        if name not in ("small", "large") and last is not None and any(validation[name][k] >= last[k] for k in QUALITY_KEYS):
             out.add(name)
         else:
-            best = validation_kl[name]
+            last = validation[name]
     return out
