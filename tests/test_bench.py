@@ -14,7 +14,8 @@ def test_bench_smoke_prints_valid_json(tiny_catalog, tiny_parent_dir, tiny_sibli
     result = subprocess.run(
         [sys.executable, "-m", "stitchllm.cli", "bench", "--model", str(tiny_parent_dir), "--small",
          str(tiny_sibling[0]), "--stitches", str(stitch_dir), "--policies", "large,random,auto", "--rates", "4",
-         "--duration", "2", "--prompt-tokens", "16", "--output-tokens", "4", "--concurrency", "4",
+         "--duration", "2", "--saturation-duration", "2", "--prompt-tokens", "16", "--output-tokens", "4",
+         "--concurrency", "4", "--peer-batch", "4",
          "--text", str(text), "--json"], capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)

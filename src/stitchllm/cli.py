@@ -389,7 +389,8 @@ def bench(
     policies: Annotated[str, typer.Option(help="Comma-separated: large, small, whole-model, random, auto, fixed:R.")]
     = "large,small,whole-model,random,auto",
     rates: Annotated[str, typer.Option(help="Comma-separated Poisson rates (requests/s).")] = "0.5,1,2",
-    duration: Annotated[float, typer.Option(help="Seconds of arrivals per policy and rate (and of saturation).")] = 30.0,
+    duration: Annotated[float, typer.Option(help="Seconds of arrivals per policy and rate.")] = 30.0,
+    saturation_duration: Annotated[float, typer.Option(help="Seconds of the closed loop per policy.")] = 60.0,
     prompt_tokens: Annotated[int, typer.Option(help="Prompt length.")] = 64,
     output_tokens: Annotated[int, typer.Option(help="Tokens generated per request.")] = 32,
     concurrency: Annotated[int, typer.Option(help="Requests in flight in the saturation run.")] = 64,
@@ -420,6 +421,7 @@ def bench(
     ids = torch.tensor(catalog.family.tokenizer(body, add_special_tokens=False)["input_ids"])
     cfg = BenchConfig(policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
                       rates=tuple(float(r) for r in rates.split(",") if r.strip()), duration=duration,
+                      saturation_duration=saturation_duration,
                       prompt_tokens=prompt_tokens, output_tokens=output_tokens, concurrency=concurrency,
                       peer_batch=peer_batch, slo_ttft_ms=slo_ttft, slo_tpot_ms=slo_tpot, num_requests=min(256, max(8, len(ids) // 100)),
                       peers=peers)

@@ -26,7 +26,8 @@ class BenchConfig:
 
     policies: tuple[str, ...] = ("large", "small", "whole-model", "random", "auto")
     rates: tuple[float, ...] = (0.5, 1.0, 2.0)
-    duration: float = 30.0
+    duration: float = 30.0  # seconds of Poisson arrivals per policy and rate
+    saturation_duration: float = 60.0  # seconds of the closed loop per policy: several waves of requests
     prompt_tokens: int = 64
     output_tokens: int = 32
     concurrency: int = 64  # requests in flight at saturation, and the engine's max_num_seqs
@@ -49,9 +50,10 @@ def _engine(catalog: RouteCatalog, stitch_dir, policy: str, cfg: BenchConfig):
 
 def _peers(catalog: RouteCatalog, requests, gguf: Path | None, cfg: BenchConfig) -> list[dict]:
     rows = [transformers_generate(catalog.family.large_dir, requests, cfg.peer_batch, cfg.output_tokens,
-                                  cfg.duration)]
+                                  cfg.saturation_duration)]
     if gguf is not None:
-        row = llama_cpp_single_stream(gguf, requests, cfg.output_tokens, cfg.duration, torch.get_num_threads())
+        row = llama_cpp_single_stream(gguf, requests, cfg.output_tokens, cfg.saturation_duration,
+                                      torch.get_num_threads())
         rows += [row] if row else []
     return rows
 
@@ -73,7 +75,7 @@ def run_bench(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: Be
     saturation, saturation_quality, saturation_rows = {}, {}, []
     for policy in cfg.policies:
         records, wall = run_closed_loop(_engine(catalog, stitch_dir, policy, cfg), requests, cfg.concurrency,
-                                        cfg.duration, cfg.output_tokens)
+                                        cfg.saturation_duration, cfg.output_tokens)
         row = summarize(records, wall, cfg.slo_ttft_ms, cfg.slo_tpot_ms, quality)
         saturation[policy] = row["throughput_tok_s"]
         saturation_quality[policy] = {"ppl": row["quality_ppl"], "top1": row["quality_top1"]}
@@ -85,5 +87,6 @@ def run_bench(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: Be
     return {"results": results, "saturation": saturation, "saturation_quality": saturation_quality,
             "saturation_detail": saturation_rows, "peers": peers, "routes": routes, "config": {
                 "policies": list(cfg.policies), "rates": list(cfg.rates), "duration": cfg.duration,
+                "saturation_duration": cfg.saturation_duration,
                 "prompt_tokens": cfg.prompt_tokens, "output_tokens": cfg.output_tokens,
                 "concurrency": cfg.concurrency, "peer_batch": cfg.peer_batch, "slo_ttft_ms": cfg.slo_ttft_ms, "slo_tpot_ms": cfg.slo_tpot_ms}}
