@@ -13,9 +13,9 @@ class DecodeLayout:
 
     Slots are handed out lowest first, so a decode batch's slots usually fill most of a range of the cache. Then
     attention reads that range as a zero-copy view: the batch's queries go to their slots' rows, rows of slots
-    outside the batch get zero queries and their outputs are dropped. Copying the keys instead (index_select)
-    moves the whole batch's KV cache through memory twice per block, which at 64 sequences x 200 tokens is as slow
-    as the block's matmuls. Slots scattered over more than twice their number are gathered after all.
+    outside the batch get zero queries and their outputs are dropped. Gathering the keys instead (index_select)
+    copies every sequence's keys and values in every block before attention reads them again; it is kept for
+    slots scattered over more than twice their number.
     """
 
     first: int | None  # first slot of the range read as a view; None: gather `slots`
