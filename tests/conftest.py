@@ -84,8 +84,8 @@ def tiny_catalog(tiny_parent_dir, tiny_sibling, tmp_path_factory):
 
     family = load_family(tiny_parent_dir, tiny_sibling[0])
     stitch_dir = tmp_path_factory.mktemp("stitches")
-    build_stitches(family, StitchBuildConfig(cuts=(2, 3), block_map=False, screen=False, calibration_tokens=4096, validation_tokens=1024,
-                                             train=StitchTrainConfig(steps=3)), stitch_dir)
+    build_stitches(family, StitchBuildConfig(cuts=(2, 3), block_map=False, screen=False, calibration_tokens=4096,
+                                             validation_tokens=1024, train=StitchTrainConfig(steps=3)), stitch_dir)
     catalog = load_catalog(str(tiny_parent_dir), str(tiny_sibling[0]), str(stitch_dir))
     router_dir = tmp_path_factory.mktemp("home") / "routers" / stitches_fingerprint(stitch_dir)
     train_router(catalog, stitch_dir, RouterTrainConfig(requests=48, epochs=50), router_dir)

@@ -190,7 +190,8 @@ app.add_typer(stitch_app, name="stitch")
 
 @stitch_app.command("build")
 def stitch_build(
-    cuts: Annotated[Optional[str], typer.Option(help="Comma-separated cut points k (default: see docs/STITCHING.md).")] = None,
+    cuts: Annotated[Optional[str], typer.Option(help="Comma-separated cut points k (default: docs/STITCHING.md).")]
+    = None,
     steps: Annotated[int, typer.Option(help="Distillation steps (all stitches train each step).")] = 40,
     model: ModelOpt = "default",
     small: SmallOpt = None,
@@ -423,8 +424,8 @@ def bench(
                       rates=tuple(float(r) for r in rates.split(",") if r.strip()), duration=duration,
                       saturation_duration=saturation_duration,
                       prompt_tokens=prompt_tokens, output_tokens=output_tokens, concurrency=concurrency,
-                      peer_batch=peer_batch, slo_ttft_ms=slo_ttft, slo_tpot_ms=slo_tpot, num_requests=min(256, max(8, len(ids) // 100)),
-                      peers=peers)
+                      peer_batch=peer_batch, slo_ttft_ms=slo_ttft, slo_tpot_ms=slo_tpot,
+                      num_requests=min(256, max(8, len(ids) // 100)), peers=peers)
     report = run_bench(catalog, stitch_dir, ids, cfg, embedded_gguf_path() if model == "default" else None)
     if plot:
         from stitchllm.eval.plots import plot_bench

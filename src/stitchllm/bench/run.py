@@ -89,4 +89,5 @@ def run_bench(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: Be
                 "policies": list(cfg.policies), "rates": list(cfg.rates), "duration": cfg.duration,
                 "saturation_duration": cfg.saturation_duration,
                 "prompt_tokens": cfg.prompt_tokens, "output_tokens": cfg.output_tokens,
-                "concurrency": cfg.concurrency, "peer_batch": cfg.peer_batch, "slo_ttft_ms": cfg.slo_ttft_ms, "slo_tpot_ms": cfg.slo_tpot_ms}}
+                "concurrency": cfg.concurrency, "peer_batch": cfg.peer_batch, "slo_ttft_ms": cfg.slo_ttft_ms,
+                "slo_tpot_ms": cfg.slo_tpot_ms}}

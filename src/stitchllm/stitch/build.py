@@ -55,9 +55,9 @@ def build_stitches(family: Family, cfg: StitchBuildConfig, out: Path) -> dict:
     """Build (or reuse) the stitches of every candidate route, then keep those on the validation frontier.
 
     A candidate that costs as much as a kept route or more and is not better on validation KL and perplexity both
-    is screened out
-    (its metrics stay in the manifest under "screened_out"): with a depth-pruned sibling, relative-depth entries
-    can skip whole runs of large blocks, and entries by block map can cost the same as a better route.
+    is screened out (its metrics stay in the manifest under "screened_out"): with a depth-pruned sibling,
+    relative-depth entries can skip whole runs of large blocks, and block-map entries can cost the same as a
+    better route.
     """
     manifest_path = out / MANIFEST
     if manifest_path.is_file():
@@ -88,7 +88,6 @@ def build_stitches(family: Family, cfg: StitchBuildConfig, out: Path) -> dict:
     dropped = dominated(metrics_trained, costs) if cfg.screen else set()
     pairs = [r.stitches[0] for r in routes if r.stitches and r.name not in dropped]
     save_stitches({key: s for key, s in stitches.items() if (s.cut, s.entry) in pairs}, out, "trained.safetensors")
-    kept = {n for n in costs if n not in dropped}
 
     manifest = {
         "family": family.fingerprint(),
@@ -99,8 +98,8 @@ def build_stitches(family: Family, cfg: StitchBuildConfig, out: Path) -> dict:
         "training": {"text": "python stdlib docstrings, train split", "steps": cfg.train.steps,
                      "tokens": cfg.train.steps * cfg.train.batch * cfg.train.seq_len,
                      "calibration_tokens": cfg.calibration_tokens, "final_train_kl": train_kl},
-        "validation": {"init": {n: m for n, m in metrics_init.items() if n in kept},
-                       "trained": {n: m for n, m in metrics_trained.items() if n in kept}},
+        "validation": {"init": {n: m for n, m in metrics_init.items() if n not in dropped},
+                       "trained": {n: m for n, m in metrics_trained.items() if n not in dropped}},
         "screened_out": {n: {"init": metrics_init[n], "trained": metrics_trained[n]} for n in sorted(dropped)},
         "seconds": round(time.perf_counter() - started, 1),
     }

@@ -11,7 +11,8 @@ def dominated(validation: dict[str, dict[str, float]], costs: dict[str, float]) 
     The whole models always stay: they are the two ends every policy needs."""
     out, last = set(), None
     for name in sorted(costs, key=lambda n: (costs[n], *(validation[n][k] for k in QUALITY_KEYS))):
-        if name not in ("small", "large") and last is not None and any(validation[name][k] >= last[k] for k in QUALITY_KEYS):
+        worse = last is not None and any(validation[name][k] >= last[k] for k in QUALITY_KEYS)
+        if worse and name not in ("small", "large"):
             out.add(name)
         else:
             last = validation[name]
