@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def test_bench_smoke_prints_valid_json(tiny_catalog, tiny_parent_dir, tiny_sibling, tmp_path):
     _, stitch_dir, _, _ = tiny_catalog
@@ -23,7 +25,8 @@ def test_bench_smoke_prints_valid_json(tiny_catalog, tiny_parent_dir, tiny_sibli
     assert set(report["saturation"]) == {"large", "random", "auto"}
     large = report["results"][0]
     assert large["route_mix"] == {"large": 1.0} and large["quality_top1"] == 1.0
-    assert large["requests"] > 0 and large["throughput_tok_s"] > 0
+    assert large["requests"] > 0 and large["throughput_tok_s"] > 0 and 0.0 <= large["slo_attainment"] <= 1.0
+    assert large["goodput_rps"] == pytest.approx(large["slo_attainment"] * large["requests"] / 2.0)  # --duration 2
     assert report["saturation_quality"]["large"]["top1"] == 1.0
     (peer,) = report["peers"]  # no GGUF for a tiny model: transformers only
     assert peer["system"] == "transformers generate (batch 4)" and peer["throughput_tok_s"] > 0

@@ -55,9 +55,14 @@ def test_calibration_hits_target_cost_within_2_percent(target):
 
 def test_policy_ranking_on_synthetic_requests():
     batch, agree = synthetic()
-    report = evaluate_policies(batch, agree, ["router", "random", "whole-model", "oracle"])["policies"]
+    names = ["router", "random", "whole-model", "oracle", "oracle-whole-model"]
+    report = evaluate_policies(batch, agree, names)["policies"]
     assert report["random"]["apgr"] == pytest.approx(0.5, abs=0.03)
     assert report["oracle"]["apgr"] >= report["router"]["apgr"] > report["whole-model"]["apgr"] > 0.5
+    # here the stitched routes are worth their cost: even a perfect whole-model router cannot match routing over them
+    assert report["oracle-whole-model"]["apgr"] >= report["whole-model"]["apgr"]
+    assert report["oracle"]["apgr"] > report["oracle-whole-model"]["apgr"] + 0.05
+    assert set(make_policy("oracle-whole-model").choose(batch, 0.5).tolist()) <= {0, 3}
     assert report["router"]["cost_at_95"] < report["random"]["cost_at_95"]
 
 

@@ -299,7 +299,8 @@ def router_eval(
     small: SmallOpt = None,
     stitches: StitchesOpt = None,
 ) -> None:
-    """Quality/cost curve, APGR and cost at 95% PGR of router, random, whole-model and oracle on held-out text."""
+    """Quality/cost curve, APGR and cost at 95% PGR of router, random, whole-model and the oracles on held-out
+    text (`oracle` over every route, `oracle-whole-model` over small and large only)."""
     import torch
 
     from stitchllm.engine.build import load_router_for
@@ -319,7 +320,7 @@ def router_eval(
         raise StitchError(f"text too short: {len(ids)} tokens make fewer than 8 requests of {span} tokens")
     data = build_dataset(catalog, sample_requests(ids, n, cfg["prompt_len"], cfg["cont_len"]), cfg["prompt_len"])
     batch = RoutingBatch(data.route_names, data.costs, predicted_loss=router(data.features), true_loss=data.loss)
-    report = evaluate_policies(batch, data.agree, ["router", "random", "whole-model", "oracle"])
+    report = evaluate_policies(batch, data.agree, ["router", "random", "whole-model", "oracle", "oracle-whole-model"])
     report["requests"] = n
     if plot:
         from stitchllm.eval.plots import plot_router_curves
@@ -394,7 +395,7 @@ def bench(
     saturation_duration: Annotated[float, typer.Option(help="Seconds of the closed loop per policy.")] = 60.0,
     prompt_tokens: Annotated[int, typer.Option(help="Prompt length.")] = 64,
     output_tokens: Annotated[int, typer.Option(help="Tokens generated per request.")] = 32,
-    concurrency: Annotated[int, typer.Option(help="Requests in flight in the saturation run.")] = 64,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight in the saturation run (engine max_num_seqs).")] = 128,
     peer_batch: Annotated[int, typer.Option(help="Static batch of transformers generate.")] = 32,
     slo_ttft: Annotated[float, typer.Option("--slo-ttft", help="TTFT SLO, ms.")] = 2000.0,
     slo_tpot: Annotated[float, typer.Option("--slo-tpot", help="TPOT SLO, ms.")] = 250.0,

@@ -16,8 +16,12 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def summarize(records: list[Record], wall: float, slo_ttft_ms: float, slo_tpot_ms: float,
-              quality: RouterDataset) -> dict:
-    """One result row: throughput, latency p50/p90/p99, goodput, route mix and the quality served."""
+              quality: RouterDataset, arrival_window: float | None = None) -> dict:
+    """One result row: throughput, latency p50/p90/p99, goodput, route mix and the quality served.
+
+    Goodput is the rate of requests that met both SLOs: over the arrival window under Poisson load (so a server
+    that keeps up serves goodput = offered rate, however long the last requests take to drain), over the wall
+    time in a closed loop."""
     done = [r for r in records if r.token_times]
     tokens = sum(len(r.token_times) for r in done)
     good = [r for r in done if r.ttft * 1000 <= slo_ttft_ms and r.tpot * 1000 <= slo_tpot_ms]
@@ -27,7 +31,8 @@ def summarize(records: list[Record], wall: float, slo_ttft_ms: float, slo_tpot_m
     agree = float(quality.agree[rows, idx].mean()) if done else float("nan")
     nll = float(quality.nll[rows, idx].mean()) if done else float("nan")
     row = {"requests": len(done), "wall_s": round(wall, 2), "throughput_rps": len(done) / wall,
-           "throughput_tok_s": tokens / wall, "goodput_rps": len(good) / wall,
+           "throughput_tok_s": tokens / wall, "goodput_rps": len(good) / (arrival_window or wall),
+           "slo_attainment": len(good) / len(done) if done else float("nan"),
            "route_mix": {k: v / len(done) for k, v in sorted(routes.items())} if done else {},
            "quality_top1": agree, "quality_ppl": math.exp(nll) if done else float("nan")}
     for name, values in (("ttft", [r.ttft for r in done]), ("tpot", [r.tpot for r in done]),

@@ -30,7 +30,7 @@ class BenchConfig:
     saturation_duration: float = 60.0  # seconds of the closed loop per policy: several waves of requests
     prompt_tokens: int = 64
     output_tokens: int = 32
-    concurrency: int = 64  # requests in flight at saturation, and the engine's max_num_seqs
+    concurrency: int = 128  # requests in flight at saturation, and the engine's max_num_seqs
     peer_batch: int = 32  # transformers generate's static batch
     slo_ttft_ms: float = 2000.0
     slo_tpot_ms: float = 250.0
@@ -71,7 +71,7 @@ def run_bench(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: Be
             records, wall = run_open_loop(_engine(catalog, stitch_dir, policy, cfg), requests, arrivals,
                                           cfg.output_tokens)
             results.append({"policy": policy, "rate": rate} | summarize(records, wall, cfg.slo_ttft_ms,
-                                                                         cfg.slo_tpot_ms, quality))
+                                                                         cfg.slo_tpot_ms, quality, cfg.duration))
     saturation, saturation_quality, saturation_rows = {}, {}, []
     for policy in cfg.policies:
         records, wall = run_closed_loop(_engine(catalog, stitch_dir, policy, cfg), requests, cfg.concurrency,

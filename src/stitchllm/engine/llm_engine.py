@@ -9,10 +9,13 @@ import numpy as np
 import torch
 
 from stitchllm.engine.config import EngineConfig
+from stitchllm.engine.demand import DemandMeter
 from stitchllm.engine.kv_manager import KVCacheManager
 from stitchllm.engine.request import Phase, Request, RequestOutput
 from stitchllm.engine.runner import ModelRunner
 from stitchllm.engine.scheduler import Scheduler
+from stitchllm.engine.step_time import StepTimeModel
+from stitchllm.engine.work import WorkItem
 from stitchllm.errors import StitchError
 from stitchllm.models.kv_cache import KVCache
 from stitchllm.routing.catalog import RouteCatalog
@@ -51,9 +54,13 @@ class LLMEngine:
         self.policy = make_policy("router" if config.policy == ADAPTIVE else config.policy)
         self.router, self.thresholds = router, thresholds or {}
         self.controller = LoadController(config.slo)
+        self.demand, self.step_time = DemandMeter(), StepTimeModel()
         self.kv = KVCacheManager(slots_for_budget(catalog, config))
         self.scheduler = Scheduler(config, self.kv)
-        self.runner = ModelRunner(catalog, router, self.kv.capacity, config.max_model_len, shared_blocks(catalog))
+        shared = shared_blocks(catalog)
+        self.runner = ModelRunner(catalog, router, self.kv.capacity, config.max_model_len, shared)
+        large = catalog.family.large.config
+        self.bottom_cost = shared * large.block_flops_per_token / large.flops_per_token  # the shared blocks' cost
         self.requests: dict[str, Request] = {}
         self.route_counts: Counter[str] = Counter()
         self.recent_ttft: deque[float] = deque(maxlen=64)
@@ -81,6 +88,8 @@ class LLMEngine:
             route = self.route_names[int(self.policy.choose(self._batch(None), self._knob()))]
         r = Request(request_id, list(prompt_ids), params, route=route, pinned=route is not None)
         self.requests[request_id] = r
+        room = self.config.max_model_len - len(prompt_ids)
+        self.demand.arrive(time.monotonic(), len(prompt_ids), min(params.max_tokens, room))
         self.scheduler.add(r)
 
     def abort(self, request_id: str) -> None:
@@ -97,8 +106,10 @@ class LLMEngine:
         items = self.scheduler.schedule()
         if not items:
             return []
+        started = time.monotonic()
         result = self.runner.run(items)
         now = time.monotonic()
+        self.step_time.observe(sum(self._work(it) for it in items), now - started)
         outputs = []
         for it in items:
             r = self.requests[it.request_id]
@@ -135,7 +146,16 @@ class LLMEngine:
             return "length"
         return None
 
+    def _work(self, item: WorkItem) -> float:
+        """The item's tokens weighted by the fraction of the large model they run through."""
+        if item.kind == "bottom":
+            return len(item.token_ids) * self.bottom_cost
+        cost = self.costs[self.route_names.index(item.route)]
+        return len(item.token_ids) * (cost - self.bottom_cost if item.from_bottom else cost)
+
     def _finish(self, r: Request, reason: str) -> None:
+        if reason != "abort":
+            self.demand.finished(len(r.output_ids))
         self.scheduler.finish(r, reason)
         self.runner.release(r.request_id)
 
@@ -168,11 +188,15 @@ class LLMEngine:
         if self.config.policy != ADAPTIVE:
             return
         p90 = lambda xs: float(np.percentile(xs, 90)) if xs else 0.0  # noqa: E731
-        self.controller.update(LoadSignal(len(self.scheduler.waiting), p90(self.recent_ttft), p90(self.recent_tpot)), now)
+        overhead, per_token = self.step_time.fit()
+        signal = LoadSignal(len(self.scheduler.waiting), p90(self.recent_ttft), p90(self.recent_tpot),
+                            self.demand.tokens_per_s(now), overhead, per_token)
+        self.controller.update(signal, now)
 
     # ---- observability ------------------------------------------------------------------------------
 
     def stats(self) -> dict:
         return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
                 "kv_usage": self.kv.usage(), "kv_slots_used": sum(self.kv.used().values()),
-                "target_cost": self.controller.target_cost, "routes": dict(self.route_counts)}
+                "target_cost": self.controller.target_cost, "demand_tok_s": self.demand.tokens_per_s(time.monotonic()),
+                "routes": dict(self.route_counts)}

@@ -14,11 +14,11 @@ def average_cost(policy: Policy, batch: RoutingBatch, knob: float) -> float:
 
 def candidate_knobs(policy: Policy, batch: RoutingBatch) -> list[float]:
     """Every knob value at which the policy's choices can change, or a fine grid for probabilities."""
-    losses = batch.true_loss if policy.name == "oracle" else batch.predicted_loss
+    losses = batch.true_loss if policy.name.startswith("oracle") else batch.predicted_loss
     if policy.name == "whole-model" and losses is not None:  # a loss threshold: choices change at loss values
         values = torch.unique(losses.flatten())
         return [0.0] + values.tolist() + [float(values.max()) + 1.0]
-    if policy.name in ("router", "oracle") and losses is not None:  # a price: where two routes' totals cross
+    if policy.name in ("router", "oracle", "oracle-whole-model") and losses is not None:  # a price: where two routes' totals cross
         costs = torch.tensor(batch.costs)
         dl = losses[:, :, None] - losses[:, None, :]  # [N, R, R] loss of route a minus route b
         dc = (costs[None, :] - costs[:, None]).expand_as(dl)  # cost of route b minus route a

@@ -14,41 +14,68 @@ class SLOConfig:
     queue_depth: int = 8  # waiting requests that count as full pressure
     high: float = 1.0  # pressure above this: shed cost
     low: float = 0.6  # pressure below this: give quality back; in between: hold (the hysteresis band)
-    step: float = 0.1  # change of target cost per adjustment
+    step: float = 0.1  # change of the feedback correction per adjustment
+    band: float = 0.05  # the planned cost must move by more than this before the target follows it
     min_cost: float = 0.4  # never cheaper than this on average
-    dwell_s: float = 2.0  # least time between two adjustments
+    dwell_s: float = 2.0  # least time between two adjustments (shedding on a rising plan does not wait)
+    plan_tpot: float = 0.7  # plan for a step time of this fraction of the TPOT target
+    max_utilisation: float = 0.85  # and never for more of the engine's time than this (Poisson bursts queue)
 
 
 @dataclass
 class LoadSignal:
-    """One observation of the server's load."""
+    """One observation of the server's load. The last three are 0 while unknown (the plan is then all-large)."""
 
     waiting: int
     ttft_p90_ms: float
     tpot_p90_ms: float
+    demand_tok_s: float = 0.0  # tokens arriving per second (prompt + expected output)
+    step_overhead_s: float = 0.0  # an engine step's fixed time
+    step_s_per_token: float = 0.0  # its time per token through the whole large model
 
 
 class LoadController:
-    """Target average cost in [min_cost, 1]; starts at 1 (everything on the large model)."""
+    """Target average cost in [min_cost, 1]; starts at 1 (everything on the large model).
+
+    Two parts. The *plan* (feed-forward) is the largest cost at which the measured demand fits the engine's
+    measured speed within the TPOT target: it moves as soon as the arrival rate does, instead of waiting for
+    queues to build. The *correction* (feedback) steps the target further down while latency or the queue is
+    above target and back up once they are well below it, so a wrong plan is fixed by what users see.
+    """
 
     def __init__(self, slo: SLOConfig):
         self.slo = slo
         self.target_cost = 1.0
+        self.correction = 0.0  # <= 0: how far below the plan the feedback has pushed
         self._last_change = float("-inf")
 
     def pressure(self, s: LoadSignal) -> float:
         """The worst of queue depth, TTFT and TPOT, each as a fraction of its target."""
         return max(s.waiting / self.slo.queue_depth, s.ttft_p90_ms / self.slo.ttft_ms, s.tpot_p90_ms / self.slo.tpot_ms)
 
+    def planned_cost(self, s: LoadSignal) -> float:
+        """With steps of a + b x work and D tokens/s arriving at average cost c, the batch grows until a step
+        takes t = a / (1 - b D c) (each step serves the t x D c work that arrived during the one before). Keeping
+        t under plan_tpot x the TPOT target and b D c under max_utilisation gives the largest affordable c."""
+        if s.demand_tok_s <= 0 or s.step_s_per_token <= 0:
+            return 1.0
+        budget = 1.0 - s.step_overhead_s / (self.slo.plan_tpot * self.slo.tpot_ms / 1000)
+        utilisation = min(self.slo.max_utilisation, budget)
+        return utilisation / (s.step_s_per_token * s.demand_tok_s)
+
     def update(self, signal: LoadSignal, now: float) -> float:
         """Feed one observation at time `now` (seconds); returns the target cost to route at."""
-        if now - self._last_change < self.slo.dwell_s:
-            return self.target_cost
-        p = self.pressure(signal)
-        if p > self.slo.high and self.target_cost > self.slo.min_cost:
-            self.target_cost = max(self.slo.min_cost, self.target_cost - self.slo.step)
-            self._last_change = now
-        elif p < self.slo.low and self.target_cost < 1.0:
-            self.target_cost = min(1.0, self.target_cost + self.slo.step)
+        settled = now - self._last_change >= self.slo.dwell_s
+        p, planned = self.pressure(signal), self.planned_cost(signal)
+        if settled and p > self.slo.high and planned + self.correction > self.slo.min_cost:
+            self.correction = round(self.correction - self.slo.step, 9)
+        elif settled and p < self.slo.low and self.correction < 0:
+            self.correction = round(min(0.0, self.correction + self.slo.step), 9)
+        want = min(1.0, max(self.slo.min_cost, planned + self.correction))
+        # Small moves wait until they add up to more than the band, except onto the floor or back to all-large.
+        falling = want < self.target_cost - self.slo.band or self.slo.min_cost == want < self.target_cost
+        rising = settled and (want > self.target_cost + self.slo.band or self.target_cost < want == 1.0)
+        if falling or rising:
+            self.target_cost = want
             self._last_change = now
         return self.target_cost

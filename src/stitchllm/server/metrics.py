@@ -16,6 +16,8 @@ class ServerMetrics:
         self.waiting = Gauge("stitchllm_num_requests_waiting", "Requests waiting for KV cache", registry=r)
         self.kv_usage = Gauge("stitchllm_kv_cache_usage_perc", "Fraction of KV-cache slots in use", registry=r)
         self.target_cost = Gauge("stitchllm_target_cost", "Load controller's target average route cost", registry=r)
+        self.demand = Gauge("stitchllm_demand_tokens_per_second", "Tokens arriving per second (prompt + expected "
+                            "output), as the load controller plans with", registry=r)
         self.prompt_tokens = Counter("stitchllm_prompt_tokens", "Prompt tokens processed", registry=r)
         self.generation_tokens = Counter("stitchllm_generation_tokens", "Tokens generated", registry=r)
         self.requests = Counter("stitchllm_requests", "Finished requests per route", ["route", "finish_reason"],
@@ -32,3 +34,4 @@ class ServerMetrics:
         self.waiting.set(stats["waiting"])
         self.kv_usage.set(stats["kv_usage"])
         self.target_cost.set(stats["target_cost"])
+        self.demand.set(stats["demand_tok_s"])

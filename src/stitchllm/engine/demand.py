@@ -1,0 +1,40 @@
+"""DemandMeter: the work arriving at the engine, in tokens per second, over a sliding window."""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+class DemandMeter:
+    """Each arrival brings its prompt plus the output it is expected to generate. The output length is not known
+    at arrival: it is estimated as the mean output of recently finished requests, capped by the request's own
+    max_tokens (before anything has finished, max_tokens itself: an upper bound, so the estimate errs towards
+    shedding load)."""
+
+    def __init__(self, window_s: float = 10.0, min_span_s: float = 2.0):
+        self.window_s, self.min_span_s = window_s, min_span_s
+        self._arrivals: deque[tuple[float, int]] = deque()  # (time, expected tokens)
+        self._outputs: deque[int] = deque(maxlen=64)  # output lengths of recently finished requests
+        self._first: float | None = None
+
+    def expected_output(self, max_tokens: int) -> int:
+        if not self._outputs:
+            return max_tokens
+        return min(max_tokens, round(sum(self._outputs) / len(self._outputs)))
+
+    def arrive(self, now: float, prompt_tokens: int, max_tokens: int) -> None:
+        self._first = now if self._first is None else self._first
+        self._arrivals.append((now, prompt_tokens + self.expected_output(max_tokens)))
+
+    def finished(self, output_tokens: int) -> None:
+        self._outputs.append(output_tokens)
+
+    def tokens_per_s(self, now: float) -> float:
+        while self._arrivals and self._arrivals[0][0] < now - self.window_s:
+            self._arrivals.popleft()
+        if self._first is None:
+            return 0.0
+        # A young meter divides by the time it has watched (at least min_span_s, so one early burst is not
+        # read as a rate of thousands per second).
+        span = min(self.window_s, max(self.min_span_s, now - self._first))
+        return sum(tokens for _, tokens in self._arrivals) / span

@@ -1,0 +1,69 @@
+"""The load controller's plan: step-time fit, demand meter, and the cost they afford under a simulated load."""
+
+import pytest
+
+from stitchllm.engine.demand import DemandMeter
+from stitchllm.engine.step_time import StepTimeModel
+from stitchllm.routing.controller import LoadController, LoadSignal, SLOConfig
+
+
+def test_step_time_model_separates_overhead_from_per_token_time():
+    model = StepTimeModel()
+    assert model.fit() == (0.0, 0.0)  # nothing seen: unknown
+    for i in range(200):
+        work = 64.0 if i % 5 else 600.0  # decode steps and the odd prefill-heavy one
+        model.observe(work, 0.02 + 0.003 * work + (1e-4 if i % 2 else -1e-4))
+    overhead, per_token = model.fit()
+    assert overhead == pytest.approx(0.02, rel=0.05) and per_token == pytest.approx(0.003, rel=0.01)
+
+
+def test_step_time_model_with_identical_steps_charges_per_token():
+    model = StepTimeModel()
+    for _ in range(20):
+        model.observe(100.0, 0.5)
+    assert model.fit() == (0.0, pytest.approx(0.005))
+
+
+def test_demand_meter_rate_and_learned_output_length():
+    meter = DemandMeter(window_s=10.0)
+    assert meter.tokens_per_s(0.0) == 0.0
+    for i in range(40):  # 2 requests/s of 64 prompt tokens, max_tokens 128: 384 tokens/s expected
+        meter.arrive(i * 0.5, 64, 128)
+    assert meter.tokens_per_s(19.5) == pytest.approx(384, rel=0.06)
+    for _ in range(10):
+        meter.finished(32)  # they stop after 32 tokens: later arrivals are expected to as well
+    for i in range(40, 80):
+        meter.arrive(i * 0.5, 64, 128)
+    assert meter.tokens_per_s(39.5) == pytest.approx(192, rel=0.06)
+    assert meter.expected_output(16) == 16  # never more than the request allows
+
+
+def _signal(demand: float, pressure: float = 0.0) -> LoadSignal:
+    """The engine of these tests: steps of 20 ms + 3 ms per large-model token (333 tokens/s at most)."""
+    return LoadSignal(waiting=0, ttft_p90_ms=0.0, tpot_p90_ms=pressure * 200.0, demand_tok_s=demand,
+                      step_overhead_s=0.02, step_s_per_token=0.003)
+
+
+def test_controller_plans_for_demand_at_once_and_gives_back_after_dwell():
+    ctl = LoadController(SLOConfig(tpot_ms=200.0, dwell_s=2.0, min_cost=0.4))
+    assert ctl.update(_signal(100.0), 0.0) == 1.0  # 30% of the engine: all large
+    # 400 tokens/s would need 1.2x the engine at full cost: the plan (0.85 / (0.003 x 400) = 0.708) applies
+    # on the very next observation, before any latency has risen
+    assert ctl.update(_signal(400.0), 0.1) == pytest.approx(0.85 / 1.2)
+    assert ctl.update(_signal(390.0), 0.2) == pytest.approx(0.85 / 1.2)  # within the band: no flicker
+    assert ctl.update(_signal(100.0), 1.0) == pytest.approx(0.85 / 1.2)  # giving quality back waits the dwell
+    assert ctl.update(_signal(100.0), 2.2) == 1.0
+
+
+def test_controller_corrects_an_optimistic_plan_with_latency_feedback():
+    ctl = LoadController(SLOConfig(tpot_ms=200.0, dwell_s=1.0, min_cost=0.4))
+    planned = 0.85 / (0.003 * 400)
+    assert ctl.update(_signal(400.0), 0.0) == pytest.approx(planned)
+    # the plan was wrong (TPOT at 1.5x its target): step below it, one step per dwell, not past the floor
+    costs = [ctl.update(_signal(400.0, pressure=1.5), t) for t in (1.0, 1.5, 2.0, 3.0, 4.0, 5.0)]
+    assert costs[:3] == [pytest.approx(planned - 0.1), pytest.approx(planned - 0.1), pytest.approx(planned - 0.2)]
+    assert costs[-1] == pytest.approx(0.4) and ctl.correction == pytest.approx(-0.4)  # floored, owes no more
+    # latency back well under target and demand gone: the correction unwinds and the target returns to 1
+    for t in range(6, 20):
+        ctl.update(_signal(50.0, pressure=0.3), float(t))
+    assert ctl.target_cost == 1.0 and ctl.correction == 0.0
