@@ -67,3 +67,14 @@ def test_controller_corrects_an_optimistic_plan_with_latency_feedback():
     for t in range(6, 20):
         ctl.update(_signal(50.0, pressure=0.3), float(t))
     assert ctl.target_cost == 1.0 and ctl.correction == 0.0
+
+
+def test_controller_gives_back_quality_a_pessimistic_plan_withheld():
+    ctl = LoadController(SLOConfig(tpot_ms=200.0, dwell_s=1.0, min_cost=0.4))
+    planned = 0.85 / (0.003 * 400)
+    assert ctl.update(_signal(400.0), 0.0) == pytest.approx(planned)
+    # latency far below target at the planned cost: the engine is faster than the plan thinks, so step up
+    costs = [ctl.update(_signal(400.0, pressure=0.3), t) for t in (1.0, 2.0, 3.0, 4.0)]
+    assert costs[:2] == [pytest.approx(planned + 0.1), pytest.approx(planned + 0.2)]
+    assert costs[-1] == 1.0 and ctl.correction == pytest.approx(0.3)  # up to all-large, and no further wind-up
+    assert ctl.update(_signal(400.0, pressure=0.8), 5.0) == 1.0  # inside the band: hold

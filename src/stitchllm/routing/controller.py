@@ -39,14 +39,15 @@ class LoadController:
 
     Two parts. The *plan* (feed-forward) is the largest cost at which the measured demand fits the engine's
     measured speed within the TPOT target: it moves as soon as the arrival rate does, instead of waiting for
-    queues to build. The *correction* (feedback) steps the target further down while latency or the queue is
-    above target and back up once they are well below it, so a wrong plan is fixed by what users see.
+    queues to build. The *correction* (feedback, integral) steps the target below the plan while latency or
+    the queue is above target and above it while they are well below target, so a plan that is wrong either
+    way (the step-time model is linear, the engine is not) is fixed by what users see.
     """
 
     def __init__(self, slo: SLOConfig):
         self.slo = slo
         self.target_cost = 1.0
-        self.correction = 0.0  # <= 0: how far below the plan the feedback has pushed
+        self.correction = 0.0  # how far the feedback has moved the target from the plan (either way)
         self._last_change = float("-inf")
 
     def pressure(self, s: LoadSignal) -> float:
@@ -65,12 +66,17 @@ class LoadController:
 
     def update(self, signal: LoadSignal, now: float) -> float:
         """Feed one observation at time `now` (seconds); returns the target cost to route at."""
-        settled = now - self._last_change >= self.slo.dwell_s
         p, planned = self.pressure(signal), self.planned_cost(signal)
+        # Feedback waits a dwell after every move, and skips the observation in which the plan itself falls:
+        # latency lags a rise in demand, so "latency is low" then says nothing about the new plan.
+        plan_falls = planned + self.correction < self.target_cost - self.slo.band
+        settled = now - self._last_change >= self.slo.dwell_s and not plan_falls
         if settled and p > self.slo.high and planned + self.correction > self.slo.min_cost:
             self.correction = round(self.correction - self.slo.step, 9)
-        elif settled and p < self.slo.low and self.correction < 0:
-            self.correction = round(min(0.0, self.correction + self.slo.step), 9)
+        elif settled and p < self.slo.low and planned + self.correction < 1.0:
+            self.correction = round(self.correction + self.slo.step, 9)
+        elif settled and p < self.slo.low and planned >= 1.0:
+            self.correction = 0.0  # all-large by plan and calm: nothing left to correct (no wind-up)
         want = min(1.0, max(self.slo.min_cost, planned + self.correction))
         # Small moves wait until they add up to more than the band, except onto the floor or back to all-large.
         falling = want < self.target_cost - self.slo.band or self.slo.min_cost == want < self.target_cost
