@@ -52,7 +52,8 @@ def main() -> None:
     print(f"{len(ids)} tokens; cost = remaining matmul FLOPs / the large model's ({total / 1e6:.0f} MFLOP/token)")
     print("skip one block:")
     for i in range(c.num_layers):
-        print(f"  block {i:2d}  cost {1 - c.block_flops_per_token / total:.3f}  top-1 {agree(top1(frozenset({i}))):.3f}")
+        skipped = agree(top1(frozenset({i})))
+        print(f"  block {i:2d}  cost {1 - c.block_flops_per_token / total:.3f}  top-1 {skipped:.3f}")
     print("prune 50% of the MLP channels of the top k blocks:")
     mlp_flops = 3 * 2 * c.hidden_size * c.intermediate_size  # gate, up, down
     saved = {}

@@ -395,7 +395,8 @@ def bench(
     saturation_duration: Annotated[float, typer.Option(help="Seconds of the closed loop per policy.")] = 60.0,
     prompt_tokens: Annotated[int, typer.Option(help="Prompt length.")] = 64,
     output_tokens: Annotated[int, typer.Option(help="Tokens generated per request.")] = 32,
-    concurrency: Annotated[int, typer.Option(help="Requests in flight in the saturation run (engine max_num_seqs).")] = 128,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at saturation (engine max_num_seqs).")]
+    = 128,
     peer_batch: Annotated[int, typer.Option(help="Static batch of transformers generate.")] = 32,
     slo_ttft: Annotated[float, typer.Option("--slo-ttft", help="TTFT SLO, ms.")] = 2000.0,
     slo_tpot: Annotated[float, typer.Option("--slo-tpot", help="TPOT SLO, ms.")] = 250.0,

@@ -18,7 +18,8 @@ def candidate_knobs(policy: Policy, batch: RoutingBatch) -> list[float]:
     if policy.name == "whole-model" and losses is not None:  # a loss threshold: choices change at loss values
         values = torch.unique(losses.flatten())
         return [0.0] + values.tolist() + [float(values.max()) + 1.0]
-    if policy.name in ("router", "oracle", "oracle-whole-model") and losses is not None:  # a price: where two routes' totals cross
+    priced = policy.name in ("router", "oracle", "oracle-whole-model")
+    if priced and losses is not None:  # a price: where two routes' totals cross
         costs = torch.tensor(batch.costs)
         dl = losses[:, :, None] - losses[:, None, :]  # [N, R, R] loss of route a minus route b
         dc = (costs[None, :] - costs[:, None]).expand_as(dl)  # cost of route b minus route a
