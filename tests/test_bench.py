@@ -42,3 +42,25 @@ def _router_home(tiny_catalog):
         if (candidate / "routers" / fp / "router.json").is_file():
             return candidate
     raise FileNotFoundError("router home not found")
+
+
+def test_quality_labels_are_cached_per_requests(tiny_catalog, tmp_path, monkeypatch):
+    """The bench's quality labels are built once per family, stitches and requests, then read back exactly."""
+    import torch
+
+    from stitchllm.bench import run
+    from stitchllm.bench.workload import make_requests
+
+    catalog, stitch_dir, _, _ = tiny_catalog
+    monkeypatch.setenv("STITCHLLM_HOME", str(tmp_path))
+    requests = make_requests(torch.arange(3, 400), 6, 16, 4)
+    built = run.quality_labels(catalog, stitch_dir, requests, 16)
+
+    def rebuilt(*args, **kwargs):
+        raise RuntimeError("labels rebuilt instead of read")
+
+    monkeypatch.setattr(run, "build_dataset", rebuilt)
+    again = run.quality_labels(catalog, stitch_dir, requests, 16)
+    assert again.route_names == built.route_names and torch.equal(again.nll, built.nll)
+    with pytest.raises(RuntimeError, match="labels rebuilt"):  # other requests: built afresh
+        run.quality_labels(catalog, stitch_dir, make_requests(torch.arange(3, 400), 5, 16, 4), 16)

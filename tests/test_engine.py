@@ -1,5 +1,7 @@
 """The continuous-batching engine: exact tokens on mixed routes, admission under a small KV budget, no leaks."""
 
+import copy
+
 import pytest
 import torch
 
@@ -46,8 +48,11 @@ def test_concurrent_mixed_routes_match_each_alone(tiny_catalog):
     assert engine.kv.usage() == 0.0
 
 
-def test_auto_requests_are_routed_and_match_their_route(tiny_catalog):
+@pytest.mark.parametrize("feature_block", [0, 1, 2])  # the embeddings, mid-bottom, the earliest cut
+def test_auto_requests_are_routed_and_match_their_route(tiny_catalog, feature_block):
     catalog, _, router, manifest = tiny_catalog
+    router = copy.copy(router)  # the engine runs the bottom to wherever the router reads; routes continue from there
+    router.feature_block = feature_block
     engine = LLMEngine(catalog, EngineConfig(max_model_len=128, max_num_seqs=8, max_num_batched_tokens=16,
                                              policy="router", static_cost=0.5), router, manifest["thresholds"])
     params = SamplingParams(max_tokens=6, ignore_eos=True)
@@ -60,6 +65,7 @@ def test_auto_requests_are_routed_and_match_their_route(tiny_catalog):
         assert r.route in [route.name for route in catalog.routes]
         assert got[f"a{i}"] == alone(catalog, r.route, p, params)
     assert sum(engine.route_counts.values()) == 12
+    assert engine.runner.bottom_blocks == feature_block
 
 
 def test_burst_of_64_against_budget_for_8(tiny_catalog):

@@ -104,10 +104,11 @@ def test_controller_respects_dwell_time():
 
 
 def test_router_manifest_for_other_family_or_stitches_is_refused(tmp_path):
-    router = RouterMLP(8, NAMES, hidden=4)
+    router = RouterMLP(8, NAMES, hidden=4, feature_block=3)
     save_router(router, tmp_path, {"family": {"large": "a", "small": "b"}, "stitches": "s1"})
     loaded, _ = load_router(tmp_path, {"large": "a", "small": "b"}, "s1")
     assert loaded(torch.zeros(1, 8))[0, -1] == 0.0  # large route: zero loss by definition
+    assert loaded.feature_block == 3  # the engine's bottom pass stops where the router reads
     with pytest.raises(StitchError, match="another family or other stitches"):
         load_router(tmp_path, {"large": "a", "small": "c"}, "s1")
     with pytest.raises(StitchError, match="another family or other stitches"):

@@ -318,7 +318,8 @@ def router_eval(
     n = min(requests, len(ids) // span)
     if n < 8:
         raise StitchError(f"text too short: {len(ids)} tokens make fewer than 8 requests of {span} tokens")
-    data = build_dataset(catalog, sample_requests(ids, n, cfg["prompt_len"], cfg["cont_len"]), cfg["prompt_len"])
+    data = build_dataset(catalog, sample_requests(ids, n, cfg["prompt_len"], cfg["cont_len"]), cfg["prompt_len"],
+                         router.feature_block)
     batch = RoutingBatch(data.route_names, data.costs, predicted_loss=router(data.features), true_loss=data.loss)
     report = evaluate_policies(batch, data.agree, ["router", "random", "whole-model", "oracle", "oracle-whole-model"])
     report["requests"] = n

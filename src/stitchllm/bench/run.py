@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -15,7 +17,9 @@ from stitchllm.engine.build import engine_from_catalog
 from stitchllm.engine.config import EngineConfig
 from stitchllm.routing.catalog import RouteCatalog
 from stitchllm.routing.controller import SLOConfig
-from stitchllm.routing.dataset import build_dataset
+from stitchllm.paths import stitchllm_home
+from stitchllm.routing.dataset import RouterDataset, build_dataset
+from stitchllm.routing.router_train import stitches_fingerprint
 
 POLICY_ALIASES = {"large": "fixed:large", "small": "fixed:small"}
 
@@ -58,12 +62,27 @@ def _peers(catalog: RouteCatalog, requests, gguf: Path | None, cfg: BenchConfig)
     return rows
 
 
+def quality_labels(catalog: RouteCatalog, stitch_dir, requests, prompt_tokens: int) -> RouterDataset:
+    """Every route's top-1 agreement and NLL on each request's true continuation (teacher-forced), cached per
+    family, stitches and requests: the quality a policy served is then looked up by the route each request took."""
+    key = json.dumps([catalog.family.fingerprint(), stitches_fingerprint(stitch_dir) if stitch_dir else None,
+                      [r.prompt + r.continuation for r in requests], prompt_tokens])
+    path = stitchllm_home() / "bench" / f"labels-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    if path.is_file():
+        return RouterDataset(**torch.load(path))
+    data = build_dataset(catalog, [torch.tensor(r.prompt + r.continuation) for r in requests], prompt_tokens,
+                         feature_block=0)  # only the labels are used here
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(asdict(data), path)
+    return data
+
+
 def run_bench(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: BenchConfig,
               gguf: Path | None = None) -> dict:
     """Every policy at every rate, then at saturation, then the peers; `gguf` is the large model's GGUF file
     when there is one (llama.cpp's input)."""
     requests = make_requests(text_ids, cfg.num_requests, cfg.prompt_tokens, cfg.output_tokens)
-    quality = build_dataset(catalog, [torch.tensor(r.prompt + r.continuation) for r in requests], cfg.prompt_tokens)
+    quality = quality_labels(catalog, stitch_dir, requests, cfg.prompt_tokens)
     results = []
     for rate in cfg.rates:  # policies interleaved within each rate, so drift hits all alike
         arrivals = poisson_arrivals(rate, cfg.duration, cfg.seed)

@@ -13,7 +13,7 @@ class Phase(enum.Enum):
     """Where a request is on its way; the scheduler turns phases into work for the runner."""
 
     WAITING = "waiting"  # not admitted: holds no KV cache
-    BOTTOM = "bottom"  # prompt passing the large model's shared bottom blocks, in chunks
+    BOTTOM = "bottom"  # prompt passing the large model's bottom blocks (router features), in chunks
     ROUTED = "routed"  # route known; the prompt's remaining blocks run next
     DECODE = "decode"  # one token per step
     FINISHED = "finished"
@@ -29,7 +29,7 @@ class Request:
     route: str | None = None  # None until the policy chooses (auto); set at once when pinned
     pinned: bool = False
     phase: Phase = Phase.WAITING
-    bottom_done: int = 0  # prompt tokens through the shared bottom blocks
+    bottom_done: int = 0  # prompt tokens through the bottom blocks
     output_ids: list[int] = field(default_factory=list)
     slots: dict[str, int] = field(default_factory=dict)  # model name -> KV-cache slot
     finish_reason: str | None = None

@@ -1,9 +1,9 @@
 """ModelRunner: owns the tensors (weights, KV caches, stored prompt states) and runs one step of work items.
 
 Block-level execution: every item's tokens climb a "ladder" of the large model's blocks; items leave it at their
-cut (or at the shared bottom, for prompts still being routed), cross their stitch, and climb the small model's
-blocks from their entry block. Between two block indices where no item enters or leaves, all present tokens run
-as one packed batch, so blocks shared by several routes run once for all of them.
+cut (or after the bottom blocks the router reads, for prompts still being routed), cross their stitch, and climb
+the small model's blocks from their entry block. Between two block indices where no item enters or leaves, all
+present tokens run as one packed batch, so blocks shared by several routes run once for all of them.
 """
 
 from __future__ import annotations
@@ -50,13 +50,13 @@ class ModelRunner:
     """Executes WorkItems; the only engine part that touches tensors."""
 
     def __init__(self, catalog: RouteCatalog, router: RouterMLP | None, slots: dict[str, int], max_model_len: int,
-                 shared_blocks: int):
+                 bottom_blocks: int):
         self.catalog, self.router = catalog, router
         fam = catalog.family
         self.models = {"large": fam.large, "small": fam.small}
         self.caches = {m: self.models[m].new_cache(n, max_model_len) for m, n in slots.items() if n > 0}
-        self.shared_blocks = shared_blocks
-        self.bottom_states: dict[str, list[torch.Tensor]] = {}  # prompt states after the shared bottom
+        self.bottom_blocks = bottom_blocks  # the large blocks a prompt runs before the router reads it
+        self.bottom_states: dict[str, list[torch.Tensor]] = {}  # prompt states after the bottom blocks
         self.generators: dict[str, torch.Generator | None] = {}
 
     def release(self, request_id: str) -> None:
@@ -76,13 +76,13 @@ class ModelRunner:
                 finals.append((it, "small", c))
                 continue
             if it.kind == "bottom":
-                end = self.shared_blocks
+                end = self.bottom_blocks
             elif it.route == "large":
                 end = large.config.num_layers
             else:
                 end = self.catalog.route(it.route).stitches[0][0]
             if it.kind == "routed" and it.from_bottom:  # continue from the states the router already read
-                c = _Climb(it, self.shared_blocks, end, torch.cat(self.bottom_states.pop(it.request_id)))
+                c = _Climb(it, self.bottom_blocks, end, torch.cat(self.bottom_states.pop(it.request_id)))
             else:
                 c = _Climb(it, 0, end, large.embed(ids))
             l_climbs.append(c)

@@ -11,7 +11,8 @@ from stitchllm.sampling import SamplingParams
 class WorkItem:
     """Tokens of one request to compute this step.
 
-    kind "bottom": a prompt chunk through the large model's shared bottom blocks only (route still unknown);
+    kind "bottom": a prompt chunk through the large model's bottom blocks only, the ones the router reads (route
+    still unknown);
     kind "routed": the whole prompt along the chosen route (continuing from the stored bottom states when
     `from_bottom`), then a sampled token; kind "decode": one token along the route, then a sampled token.
     """

@@ -19,7 +19,8 @@ class RouterDataset:
 
     route_names: list[str]
     costs: list[float]
-    features: torch.Tensor  # [N, 2 d_L]
+    feature_block: int
+    features: torch.Tensor  # [N, 2 d_L]: the prompt's pooled states after the large model's feature block
     kl: torch.Tensor  # [N, R] mean KL(large || route) over the continuation, nats
     agree: torch.Tensor  # [N, R] top-1 agreement with the large model over the continuation
     nll: torch.Tensor  # [N, R] mean negative log-likelihood of the true continuation tokens, nats
@@ -44,10 +45,11 @@ def sample_requests(ids: torch.Tensor, n: int, prompt_len: int, cont_len: int) -
 
 
 @torch.inference_mode()
-def build_dataset(catalog: RouteCatalog, requests: list[torch.Tensor], prompt_len: int, group: int = 16) -> RouterDataset:
-    """Run every route over each request (teacher-forced on the real continuation) and record its loss."""
+def build_dataset(catalog: RouteCatalog, requests: list[torch.Tensor], prompt_len: int, feature_block: int,
+                  group: int = 16) -> RouterDataset:
+    """Run every route over each request (teacher-forced on the real continuation) and record its loss; the
+    features are the prompt's states after the large model's first `feature_block` blocks (0: the embeddings)."""
     executor = catalog.executor
-    k_shared = shared_blocks(catalog)
     routes = catalog.routes
     feats, kls, agrees, nlls = [], [], [], []
     for i in tqdm(range(0, len(requests), group), desc="router labels", unit="batch"):
@@ -55,8 +57,8 @@ def build_dataset(catalog: RouteCatalog, requests: list[torch.Tensor], prompt_le
         lengths = [len(r) for r in chunk]
         batch = ForwardBatch(list(range(len(chunk))), [0] * len(chunk), lengths)
         ids = torch.cat(chunk)
-        states = executor.large_pass(ids, batch, {k_shared} | {s.cut for s in catalog.stitches.values()})
-        prompt_states = torch.cat([h[:prompt_len] for h in states[k_shared].split(lengths)])
+        states = executor.large_pass(ids, batch, {feature_block} | {s.cut for s in catalog.stitches.values()})
+        prompt_states = torch.cat([h[:prompt_len] for h in states[feature_block].split(lengths)])
         feats.append(pool_features(prompt_states, [prompt_len] * len(chunk)))
         # positions whose next token is a continuation token: prompt_len-1 .. span-2 of each request
         offsets = torch.tensor([0] + lengths[:-1]).cumsum(0).tolist()
@@ -76,5 +78,5 @@ def build_dataset(catalog: RouteCatalog, requests: list[torch.Tensor], prompt_le
         nlls.append(torch.stack(route_nll[::-1], dim=1))
         kls.append(torch.stack(route_kl[::-1], dim=1))
         agrees.append(torch.stack(route_agree[::-1], dim=1))
-    return RouterDataset([r.name for r in routes], [catalog.relative_cost(r) for r in routes],
+    return RouterDataset([r.name for r in routes], [catalog.relative_cost(r) for r in routes], feature_block,
                          torch.cat(feats), torch.cat(kls).clamp_min(0.0), torch.cat(agrees), torch.cat(nlls))

@@ -38,9 +38,11 @@ class RouteExecutor:
 
     def large_pass(self, ids: torch.Tensor, batch: ForwardBatch, keep: set[int]) -> dict[int, torch.Tensor]:
         """One cache-free pass of the whole large model; returns the residual stream after block k-1 for every k in
-        `keep`, and the final one under key n_L. Many routes can then finish from these states (scoring, training)."""
+        `keep` (k = 0: the embeddings), and the final one under key n_L. Many routes can then finish from these
+        states (scoring, training)."""
         large = self.family.large
-        hidden, states = large.embed(ids), {}
+        hidden = large.embed(ids)
+        states = {0: hidden} if 0 in keep else {}
         for i, block in enumerate(large.blocks):
             hidden = block(hidden, batch)
             if i + 1 in keep:

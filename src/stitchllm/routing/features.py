@@ -1,4 +1,4 @@
-"""Router features: the prompt's hidden states after the large model's shared bottom blocks, pooled."""
+"""Router features: the prompt's hidden states after the large model's first few blocks, pooled."""
 
 from __future__ import annotations
 

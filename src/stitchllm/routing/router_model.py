@@ -15,9 +15,10 @@ from stitchllm.errors import StitchError
 class RouterMLP(nn.Module):
     """Standardise features, one hidden layer, one output per route: predicted log(1 + KL to the large model)."""
 
-    def __init__(self, num_features: int, route_names: list[str], hidden: int = 128):
+    def __init__(self, num_features: int, route_names: list[str], hidden: int = 128, feature_block: int = 0):
         super().__init__()
         self.route_names = list(route_names)
+        self.feature_block = feature_block  # features = prompt states after this many of the large model's blocks
         self.register_buffer("mean", torch.zeros(num_features))
         self.register_buffer("std", torch.ones(num_features))
         self.net = nn.Sequential(nn.Linear(num_features, hidden), nn.GELU(), nn.Linear(hidden, len(route_names)))
@@ -40,7 +41,8 @@ def save_router(router: RouterMLP, out: Path, manifest: dict) -> None:
     save_file({k: v.contiguous() for k, v in router.state_dict().items()}, out / "router.safetensors")
     (out / "router.json").write_text(json.dumps(manifest | {"routes": router.route_names,
                                                             "num_features": int(router.mean.shape[0]),
-                                                            "hidden": router.net[0].out_features}, indent=2))
+                                                            "hidden": router.net[0].out_features,
+                                                            "feature_block": router.feature_block}, indent=2))
 
 
 def load_router(directory: Path, family_fingerprint: dict, stitches_fingerprint: str) -> tuple[RouterMLP, dict]:
@@ -51,6 +53,8 @@ def load_router(directory: Path, family_fingerprint: dict, stitches_fingerprint:
     manifest = json.loads(path.read_text())
     if manifest["family"] != family_fingerprint or manifest["stitches"] != stitches_fingerprint:
         raise StitchError(f"router at {directory} was trained for another family or other stitches")
-    router = RouterMLP(manifest["num_features"], manifest["routes"], manifest["hidden"])
+    if "feature_block" not in manifest:
+        raise StitchError(f"router at {directory} predates feature blocks; run `stitchllm router train`")
+    router = RouterMLP(manifest["num_features"], manifest["routes"], manifest["hidden"], manifest["feature_block"])
     router.load_state_dict(load_file(directory / "router.safetensors"))
     return router.eval().requires_grad_(False), manifest

@@ -27,6 +27,7 @@ class RouterTrainConfig:
     prompt_len: int = 64
     cont_len: int = 32
     hidden: int = 32
+    feature_block: int = 2  # read the prompt after this many large blocks (capped at the earliest cut): see ROUTING.md
     epochs: int = 400
     lr: float = 1e-3
     weight_decay: float = 0.1
@@ -46,7 +47,7 @@ def fit_router(data: RouterDataset, cfg: RouterTrainConfig) -> tuple[RouterMLP, 
     order = torch.randperm(data.features.shape[0])
     n_val = max(1, data.features.shape[0] // 5)
     val, train = order[:n_val], order[n_val:]
-    router = RouterMLP(data.features.shape[1], data.route_names, cfg.hidden)
+    router = RouterMLP(data.features.shape[1], data.route_names, cfg.hidden, data.feature_block)
     router.mean.copy_(data.features[train].mean(0))
     router.std.copy_(data.features[train].std(0).clamp_min(1e-4))
     with torch.no_grad():  # start as the per-route mean: training must beat it on held-back requests to count
@@ -85,12 +86,11 @@ def train_router(catalog: RouteCatalog, stitch_dir: Path, cfg: RouterTrainConfig
     tokenizer = catalog.family.tokenizer
     ids = torch.tensor(tokenizer(python_docs_text("train"), add_special_tokens=False)["input_ids"])
     requests = sample_requests(ids, cfg.requests, cfg.prompt_len, cfg.cont_len)
-    data = build_dataset(catalog, requests, cfg.prompt_len)
+    data = build_dataset(catalog, requests, cfg.prompt_len, min(cfg.feature_block, shared_blocks(catalog)))
     router, fit = fit_router(data, cfg)
     manifest = {
         "family": catalog.family.fingerprint(),
         "stitches": stitches_fingerprint(stitch_dir),
-        "shared_blocks": shared_blocks(catalog),
         "recipe": asdict(cfg),
         "fit": fit,
         "costs": data.costs,
