@@ -102,17 +102,3 @@ def test_abort_frees_cache(tiny_catalog):
     for i in range(6):
         engine.abort(f"c{i}")
     assert not engine.has_unfinished() and engine.kv.usage() == 0.0
-
-
-@pytest.mark.parametrize("share, chunk", [(1.0, 16), (0.25, 40), (0.0, 40)])
-def test_bottom_tokens_take_their_share_of_the_step_budget(share, chunk):
-    """A prompt still being routed runs only the router's bottom blocks: its tokens count at that share."""
-    from stitchllm.engine.kv_manager import KVCacheManager
-    from stitchllm.engine.request import Request
-    from stitchllm.engine.scheduler import Scheduler
-
-    scheduler = Scheduler(EngineConfig(max_num_seqs=4, max_num_batched_tokens=16),
-                          KVCacheManager({"large": 4, "small": 4}), bottom_share=share)
-    scheduler.add(Request("r", list(range(3, 43)), SamplingParams()))  # 40 prompt tokens, route unknown
-    (item,) = scheduler.schedule()
-    assert item.kind == "bottom" and len(item.token_ids) == chunk and item.last_chunk == (chunk == 40)

@@ -56,12 +56,12 @@ class LLMEngine:
         self.controller = LoadController(config.slo)
         self.demand, self.step_time = DemandMeter(), StepTimeModel()
         self.kv = KVCacheManager(slots_for_budget(catalog, config))
-        # the bottom pass every router-routed prompt takes: the large model's blocks the router reads after
+        self.scheduler = Scheduler(config, self.kv)
+        # prompts the router routes first run the large model's blocks its features come from (the bottom pass)
         bottom = router.feature_block if router is not None else shared_blocks(catalog)
+        self.runner = ModelRunner(catalog, router, self.kv.capacity, config.max_model_len, bottom)
         large = catalog.family.large.config
         self.bottom_cost = bottom * large.block_flops_per_token / large.flops_per_token
-        self.scheduler = Scheduler(config, self.kv, bottom_share=self.bottom_cost)
-        self.runner = ModelRunner(catalog, router, self.kv.capacity, config.max_model_len, bottom)
         self.requests: dict[str, Request] = {}
         self.route_counts: Counter[str] = Counter()
         self.recent_ttft: deque[float] = deque(maxlen=64)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import deque
 
 from stitchllm.engine.config import EngineConfig
@@ -29,11 +28,8 @@ class Scheduler:
     can never run out of cache: requests wait instead of failing, and nothing needs to be preempted.
     """
 
-    def __init__(self, config: EngineConfig, kv: KVCacheManager, bottom_share: float = 1.0):
+    def __init__(self, config: EngineConfig, kv: KVCacheManager):
         self.config, self.kv = config, kv
-        # A bottom-pass token runs only the blocks the router reads: it takes this share of a token's budget, so
-        # prompts still being routed do not crowd routed prompts out of a step for a fraction of their work.
-        self.bottom_share = bottom_share
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
 
@@ -71,12 +67,10 @@ class Scheduler:
         return items
 
     def _bottom_chunk(self, r: Request, budget: int, items: list[WorkItem]) -> int:
-        """Schedule the next bottom chunk of `r` that fits `budget`; returns the budget it takes."""
-        left = r.prompt_len - r.bottom_done
-        n = left if self.bottom_share == 0 else min(left, max(1, int(budget / self.bottom_share)))
+        n = min(budget, r.prompt_len - r.bottom_done)
         chunk = r.prompt_ids[r.bottom_done : r.bottom_done + n]
         items.append(self._item(r, "bottom", chunk, r.bottom_done, last_chunk=r.bottom_done + n == r.prompt_len))
-        return math.ceil(n * self.bottom_share)
+        return n
 
     @staticmethod
     def _item(r: Request, kind: str, ids: list[int], start: int, **kw) -> WorkItem:
