@@ -8,6 +8,7 @@ import torch
 from stitchllm.engine.config import EngineConfig
 from stitchllm.engine.llm_engine import LLMEngine
 from stitchllm.generation import generate
+from stitchllm.routing.controller import SLOConfig
 from stitchllm.sampling import SamplingParams
 
 
@@ -102,3 +103,21 @@ def test_abort_frees_cache(tiny_catalog):
     for i in range(6):
         engine.abort(f"c{i}")
     assert not engine.has_unfinished() and engine.kv.usage() == 0.0
+
+
+def test_auto_routes_light_load_to_large_and_a_burst_to_the_cheapest_route(tiny_catalog):
+    catalog, _, router, manifest = tiny_catalog
+    params = SamplingParams(max_tokens=4, ignore_eos=True)
+
+    def served_routes(n: int, slo: SLOConfig) -> set[str]:
+        engine = LLMEngine(catalog, EngineConfig(max_model_len=128, max_num_seqs=64, slo=slo), router,
+                           manifest["thresholds"])
+        assert engine.step_time.fit()[1] > 0  # profiled at startup: the plan works from the first request
+        for i, p in enumerate(prompts(n, seed=4)):
+            engine.add_request(f"d{i}", p, params)
+        run_to_completion(engine)
+        return {engine.requests[f"d{i}"].route for i in range(n)}
+
+    assert served_routes(1, SLOConfig()) == {"large"}
+    # 64 queued requests that must all start within 1 ms: the queue alone is overload, from the first step
+    assert served_routes(64, SLOConfig(ttft_ms=1.0)) == {catalog.routes[0].name}

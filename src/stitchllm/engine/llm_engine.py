@@ -15,6 +15,7 @@ from stitchllm.engine.request import Phase, Request, RequestOutput
 from stitchllm.engine.runner import ModelRunner
 from stitchllm.engine.scheduler import Scheduler
 from stitchllm.engine.step_time import StepTimeModel
+from stitchllm.engine.warmup import profile_step_time
 from stitchllm.engine.work import WorkItem
 from stitchllm.errors import StitchError
 from stitchllm.models.kv_cache import KVCache
@@ -68,6 +69,9 @@ class LLMEngine:
         self.recent_tpot: deque[float] = deque(maxlen=64)
         self.eos_ids = {catalog.family.tokenizer.eos_token_id}
         self._rng = torch.Generator().manual_seed(config.seed)
+        if config.policy == ADAPTIVE:  # only the load controller reads the step-time model
+            profile_step_time(self.runner, self.step_time, self.kv.capacity["large"],
+                              min(config.max_num_batched_tokens, config.max_model_len - 1), next(iter(self.eos_ids)))
 
     # ---- requests --------------------------------------------------------------------------------
 
@@ -111,6 +115,7 @@ class LLMEngine:
         result = self.runner.run(items)
         now = time.monotonic()
         self.step_time.observe(sum(self._work(it) for it in items), now - started)
+        self._update_controller(now)  # before routing: a burst admitted in this step is routed for its own load
         outputs = []
         for it in items:
             r = self.requests[it.request_id]
@@ -136,7 +141,6 @@ class LLMEngine:
                 self._finish(r, reason)
             outputs.append(RequestOutput(r.request_id, [token], r.is_finished, r.finish_reason, r.route,
                                          r.prompt_len, len(r.output_ids)))
-        self._update_controller(now)
         return outputs
 
     def _stop_reason(self, r: Request, token: int) -> str | None:
@@ -179,8 +183,12 @@ class LLMEngine:
         return float(np.interp(target, costs, knobs))
 
     def _choose_route(self, r: Request, predicted: list[float]) -> None:
-        if self.config.policy == ADAPTIVE and self.controller.target_cost >= 1.0:
+        target = self.controller.target_cost
+        if self.config.policy == ADAPTIVE and target >= 1.0:
             route = "large"  # light load: everyone gets the full large model
+        elif self.config.policy == ADAPTIVE and target <= self.costs[0]:
+            route = self.route_names[0]  # overload: everyone takes the cheapest route (mixing in a few costly
+            # requests would keep a second model's weights streaming through every step)
         else:
             route = self.route_names[int(self.policy.choose(self._batch(predicted), self._knob())[0])]
         self.scheduler.set_route(r, route)
@@ -191,8 +199,15 @@ class LLMEngine:
         p90 = lambda xs: float(np.percentile(xs, 90)) if xs else 0.0  # noqa: E731
         overhead, per_token = self.step_time.fit()
         signal = LoadSignal(len(self.scheduler.waiting), p90(self.recent_ttft), p90(self.recent_tpot),
-                            self.demand.tokens_per_s(now), overhead, per_token)
+                            max(self.demand.tokens_per_s(now), self._backlog_tok_s()), overhead, per_token)
         self.controller.update(signal, now)
+
+    def _backlog_tok_s(self) -> float:
+        """Work already queued (requests not yet routed) as a rate: it must be served within the TTFT target.
+        Without it, a closed loop whose arrivals stop while its queue is long would read as no demand."""
+        unrouted = [r for r in self.scheduler.waiting] + [r for r in self.scheduler.running if r.phase is Phase.BOTTOM]
+        tokens = sum(r.prompt_len + self.demand.expected_output(r.params.max_tokens) for r in unrouted)
+        return tokens / (self.config.slo.ttft_ms / 1000)
 
     # ---- observability ------------------------------------------------------------------------------
 

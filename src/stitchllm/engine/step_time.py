@@ -12,7 +12,7 @@ class StepTimeModel:
     differ in work by an order of magnitude, which is what separates the fixed overhead from the per-token time.
     """
 
-    def __init__(self, forget: float = 0.98, min_steps: int = 8):
+    def __init__(self, forget: float = 0.98, min_steps: int = 3):
         self.forget, self.min_steps = forget, min_steps
         self.steps = 0
         self._n = self._w = self._t = self._ww = self._wt = 0.0  # discounted sums: 1, w, t, w^2, w*t
