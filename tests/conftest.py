@@ -78,8 +78,9 @@ def tiny_catalog(tiny_parent_dir, tiny_sibling, tmp_path_factory):
     from stitchllm.family.family import load_family
     from stitchllm.routing.catalog import load_catalog
     from stitchllm.routing.router_model import load_router
-    from stitchllm.routing.router_train import RouterTrainConfig, stitches_fingerprint, train_router
+    from stitchllm.routing.router_train import RouterTrainConfig, train_router
     from stitchllm.stitch.build import StitchBuildConfig, build_stitches
+    from stitchllm.stitch.store import stitches_fingerprint
     from stitchllm.stitch.train import StitchTrainConfig
 
     family = load_family(tiny_parent_dir, tiny_sibling[0])

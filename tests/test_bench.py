@@ -34,7 +34,7 @@ def test_bench_smoke_prints_valid_json(tiny_catalog, tiny_parent_dir, tiny_sibli
 
 def _router_home(tiny_catalog):
     """The STITCHLLM_HOME under which the fixture saved the router (routers/<stitches fingerprint>/)."""
-    from stitchllm.routing.router_train import stitches_fingerprint
+    from stitchllm.stitch.store import stitches_fingerprint
 
     _, stitch_dir, _, _ = tiny_catalog
     fp = stitches_fingerprint(stitch_dir)

@@ -19,7 +19,7 @@ from stitchllm.routing.catalog import RouteCatalog
 from stitchllm.routing.controller import SLOConfig
 from stitchllm.paths import stitchllm_home
 from stitchllm.routing.dataset import RouterDataset, build_dataset
-from stitchllm.routing.router_train import stitches_fingerprint
+from stitchllm.stitch.store import stitches_fingerprint
 
 POLICY_ALIASES = {"large": "fixed:large", "small": "fixed:small"}
 

@@ -8,18 +8,16 @@ from stitchllm.engine.config import EngineConfig
 from stitchllm.engine.llm_engine import LLMEngine
 from stitchllm.paths import stitchllm_home
 from stitchllm.routing.catalog import RouteCatalog, load_catalog
+from stitchllm.stitch.store import stitches_fingerprint
 
 
 def router_dir_for(stitch_dir: Path) -> Path:
-    from stitchllm.routing.router_train import stitches_fingerprint
-
     return stitchllm_home() / "routers" / stitches_fingerprint(stitch_dir)
 
 
 def load_router_for(catalog: RouteCatalog, stitch_dir: Path):
     """(router, manifest) trained for this family and these stitches; refuses any other."""
     from stitchllm.routing.router_model import load_router
-    from stitchllm.routing.router_train import stitches_fingerprint
 
     return load_router(router_dir_for(stitch_dir), catalog.family.fingerprint(), stitches_fingerprint(stitch_dir))
 

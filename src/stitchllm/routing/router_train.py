@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from stitchllm.routing.catalog import RouteCatalog
 from stitchllm.routing.dataset import RouterDataset, build_dataset, sample_requests, shared_blocks
 from stitchllm.routing.policies import RoutingBatch, make_policy
 from stitchllm.routing.router_model import RouterMLP, save_router
+from stitchllm.stitch.store import stitches_fingerprint
 
 TARGET_COSTS = [round(0.30 + 0.05 * i, 2) for i in range(15)]  # 0.30 .. 1.00
 
@@ -32,10 +32,6 @@ class RouterTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.1
     seed: int = 0
-
-
-def stitches_fingerprint(stitch_dir: Path) -> str:
-    return hashlib.sha256((stitch_dir / "trained.safetensors").read_bytes()).hexdigest()[:16]
 
 
 def fit_router(data: RouterDataset, cfg: RouterTrainConfig) -> tuple[RouterMLP, dict[str, float]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -21,6 +22,11 @@ def save_stitches(stitches: dict[str, StitchLayer], out: Path, filename: str) ->
         tensors[f"{key}.weight"] = s.proj.weight.detach().contiguous()
         tensors[f"{key}.bias"] = s.proj.bias.detach().contiguous()
     save_file(tensors, out / filename)
+
+
+def stitches_fingerprint(stitch_dir: Path) -> str:
+    """Content hash of the trained stitches: routers and bench labels are tied to it."""
+    return hashlib.sha256((stitch_dir / "trained.safetensors").read_bytes()).hexdigest()[:16]
 
 
 def read_manifest(directory: Path) -> dict:
