@@ -13,12 +13,12 @@ class SLOConfig:
     tpot_ms: float = 200.0
     queue_depth: int = 8  # waiting requests that count as full pressure
     high: float = 1.0  # pressure above this: shed cost
-    low: float = 0.8  # pressure below this: give quality back; in between: hold (the hysteresis band)
+    low: float = 0.6  # pressure below this: give quality back; in between: hold (the hysteresis band)
     step: float = 0.1  # change of the feedback correction per adjustment
     band: float = 0.05  # the planned cost must move by more than this before the target follows it
     min_cost: float = 0.4  # never cheaper than this on average
     dwell_s: float = 2.0  # least time between two adjustments (shedding when demand jumps does not wait)
-    plan_tpot: float = 0.9  # plan for a step time of this fraction of the TPOT target
+    plan_tpot: float = 0.7  # plan for a step time of this fraction of the TPOT target
     max_utilisation: float = 0.85  # and never for more of the engine's time than this (Poisson bursts queue)
 
 
