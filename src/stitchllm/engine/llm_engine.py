@@ -205,7 +205,7 @@ class LLMEngine:
     def _backlog_tok_s(self) -> float:
         """Work already queued (requests not yet routed) as a rate: it must be served within the TTFT target.
         Without it, a closed loop whose arrivals stop while its queue is long would read as no demand."""
-        unrouted = [r for r in self.scheduler.waiting] + [r for r in self.scheduler.running if r.phase is Phase.BOTTOM]
+        unrouted = list(self.scheduler.waiting) + [r for r in self.scheduler.running if r.phase is Phase.BOTTOM]
         tokens = sum(r.prompt_len + self.demand.expected_output(r.params.max_tokens) for r in unrouted)
         return tokens / (self.config.slo.ttft_ms / 1000)
 
