@@ -131,9 +131,8 @@ class LLMEngine:
                 r.first_token_at = now
                 self.recent_ttft.append((now - r.arrival) * 1000)
                 self.route_counts[r.route] += 1
-            elif r.last_token_at is not None:
-                self.recent_tpot.append((now - r.last_token_at) * 1000)
-            r.last_token_at = now
+            else:  # the request's TPOT so far, as the SLO measures it: a prefill-heavy step's long gap is one of many
+                self.recent_tpot.append((now - r.first_token_at) * 1000 / len(r.output_ids))
             token = result.sampled[r.request_id]
             r.output_ids.append(token)
             reason = self._stop_reason(r, token)

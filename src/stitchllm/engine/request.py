@@ -35,7 +35,6 @@ class Request:
     finish_reason: str | None = None
     arrival: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
-    last_token_at: float | None = None
 
     @property
     def prompt_len(self) -> int:
