@@ -392,7 +392,8 @@ def bench(
     policies: Annotated[str, typer.Option(help="Comma-separated: large, small, whole-model, random, auto, fixed:R.")]
     = "large,small,whole-model,random,auto",
     rates: Annotated[str, typer.Option(help="Comma-separated Poisson rates (requests/s).")] = "0.5,1,2",
-    duration: Annotated[float, typer.Option(help="Seconds of arrivals per policy and rate.")] = 30.0,
+    duration: Annotated[float, typer.Option(
+        help="Seconds of arrivals per policy and rate: several request lifetimes, or a growing queue goes unseen.")] = 30.0,
     saturation_duration: Annotated[float, typer.Option(help="Seconds of the closed loop per policy.")] = 60.0,
     prompt_tokens: Annotated[int, typer.Option(help="Prompt length.")] = 64,
     output_tokens: Annotated[int, typer.Option(help="Tokens generated per request.")] = 32,
