@@ -121,3 +121,18 @@ def test_auto_routes_light_load_to_large_and_a_burst_to_the_cheapest_route(tiny_
     assert served_routes(1, SLOConfig()) == {"large"}
     # 64 queued requests that must all start within 1 ms: the queue alone is overload, from the first step
     assert served_routes(64, SLOConfig(ttft_ms=1.0)) == {catalog.routes[0].name}
+
+
+def test_tpot_signal_is_each_requests_mean_time_per_output_token(tiny_catalog, monkeypatch):
+    """The controller's TPOT samples average a request's gaps so far, as the TPOT SLO does: one long step (a
+    prefill-heavy one) moves the sample by its share, not by its whole length."""
+    catalog, _, router, manifest = tiny_catalog
+    engine = LLMEngine(catalog, EngineConfig(max_model_len=128, policy="fixed:large"), router, manifest["thresholds"])
+    clock = [0.0]
+    monkeypatch.setattr("stitchllm.engine.llm_engine.time.monotonic", lambda: clock[0])
+    engine.add_request("r", prompts(1)[0], SamplingParams(max_tokens=4, ignore_eos=True))
+    for t in (0.0, 1.0, 4.0, 5.0):  # first token at 0 s, then tokens at 1, 4 (a 3 s gap) and 5 s
+        clock[0] = t
+        engine.step()
+    assert not engine.has_unfinished()
+    assert list(engine.recent_tpot) == pytest.approx([1000.0, 2000.0, 5000.0 / 3])  # inter-token gaps: 1, 3, 1 s
