@@ -49,6 +49,22 @@ def test_concurrent_mixed_routes_match_each_alone(tiny_catalog):
     assert engine.kv.usage() == 0.0
 
 
+def test_a_step_reads_the_weights_of_the_routes_in_it(tiny_catalog):
+    """What the step-time model charges fixed time for: each block run once per step, however many tokens."""
+    catalog, _, router, manifest = tiny_catalog
+    engine = LLMEngine(catalog, EngineConfig(max_model_len=128, policy="fixed:large"), router, manifest["thresholds"])
+    reads = {r.name: r.weight_bytes_per_step(catalog.configs, bytes_per_param=1) for r in catalog.routes}
+    stitched = next(r.name for r in catalog.routes if r.stitches)
+    for i, route in enumerate(["large", "large", "small", stitched]):
+        engine.add_request(f"w{i}", [5, 6, 7], SamplingParams(max_tokens=2, ignore_eos=True), route=route)
+    engine.step()  # the four prompts
+    assert engine.step_time.steps == 1
+    decode = engine.scheduler.schedule()  # one token each; the stitched route's blocks are among the others'
+    assert [it.kind for it in decode] == ["decode"] * 4
+    assert engine.runner.run(decode).params_read == reads["large"] + reads["small"]
+    assert engine.runner.run(decode[:2]).params_read == reads["large"]  # the batch does not matter
+
+
 @pytest.mark.parametrize("feature_block", [0, 1, 2])  # the embeddings, mid-bottom, the earliest cut
 def test_auto_requests_are_routed_and_match_their_route(tiny_catalog, feature_block):
     catalog, _, router, manifest = tiny_catalog
@@ -109,18 +125,21 @@ def test_auto_routes_light_load_to_large_and_a_burst_to_the_cheapest_route(tiny_
     catalog, _, router, manifest = tiny_catalog
     params = SamplingParams(max_tokens=4, ignore_eos=True)
 
-    def served_routes(n: int, slo: SLOConfig) -> set[str]:
-        engine = LLMEngine(catalog, EngineConfig(max_model_len=128, max_num_seqs=64, slo=slo), router,
-                           manifest["thresholds"])
+    def serve(n: int, slo: SLOConfig) -> list:
+        engine = LLMEngine(catalog, EngineConfig(max_model_len=128, max_num_seqs=64, max_num_batched_tokens=256,
+                                                 slo=slo), router, manifest["thresholds"])
         assert engine.step_time.fit()[1] > 0  # profiled at startup: the plan works from the first request
         for i, p in enumerate(prompts(n, seed=4)):
             engine.add_request(f"d{i}", p, params)
         run_to_completion(engine)
-        return {engine.requests[f"d{i}"].route for i in range(n)}
+        return [engine.requests[f"d{i}"] for i in range(n)]
 
-    assert served_routes(1, SLOConfig()) == {"large"}
+    assert {r.route for r in serve(1, SLOConfig())} == {"large"}
     # 64 queued requests that must all start within 1 ms: the queue alone is overload, from the first step
-    assert served_routes(64, SLOConfig(ttft_ms=1.0)) == {catalog.routes[0].name}
+    burst = serve(64, SLOConfig(ttft_ms=1.0))
+    assert {r.route for r in burst} == {catalog.routes[0].name}
+    # the first step admits some through the router's bottom pass; once at the floor the queue skips it
+    assert 0 < sum(r.bottom_done > 0 for r in burst) < 64
 
 
 def test_tpot_signal_is_each_requests_mean_time_per_output_token(tiny_catalog, monkeypatch):

@@ -7,20 +7,21 @@ from stitchllm.engine.step_time import StepTimeModel
 from stitchllm.routing.controller import LoadController, LoadSignal, SLOConfig
 
 
-def test_step_time_model_separates_overhead_from_per_token_time():
-    model = StepTimeModel()
+def test_step_time_model_separates_fixed_time_per_weight_read_from_per_token_time():
+    model = StepTimeModel(read_unit=100.0)
     assert model.fit() == (0.0, 0.0)  # nothing seen: unknown
-    for i in range(200):
+    for i in range(300):
+        reads = (100.0, 160.0, 60.0)[i % 3]  # all-large, mixed and all-small steps: 1.0, 1.6 and 0.6 units
         work = 64.0 if i % 5 else 600.0  # decode steps and the odd prefill-heavy one
-        model.observe(work, 0.02 + 0.003 * work + (1e-4 if i % 2 else -1e-4))
-    overhead, per_token = model.fit()
-    assert overhead == pytest.approx(0.02, rel=0.05) and per_token == pytest.approx(0.003, rel=0.01)
+        model.observe(reads, work, 0.02 * reads / 100 + 0.003 * work + (1e-4 if i % 2 else -1e-4))
+    per_read, per_token = model.fit()
+    assert per_read == pytest.approx(0.02, rel=0.05) and per_token == pytest.approx(0.003, rel=0.01)
 
 
 def test_step_time_model_with_identical_steps_charges_per_token():
     model = StepTimeModel()
     for _ in range(20):
-        model.observe(100.0, 0.5)
+        model.observe(1.0, 100.0, 0.5)
     assert model.fit() == (0.0, pytest.approx(0.005))
 
 
@@ -39,9 +40,25 @@ def test_demand_meter_rate_and_learned_output_length():
 
 
 def _signal(demand: float, pressure: float = 0.0) -> LoadSignal:
-    """The engine of these tests: steps of 20 ms + 3 ms per large-model token (333 tokens/s at most)."""
+    """The engine of these tests: steps of 20 ms + 3 ms per large-model token (333 tokens/s at most), whatever
+    the models in them."""
     return LoadSignal(waiting=0, ttft_p90_ms=0.0, tpot_p90_ms=pressure * 200.0, demand_tok_s=demand,
-                      step_overhead_s=0.02, step_s_per_token=0.003)
+                      step_s_per_token=0.003, overhead_large_s=0.02, overhead_mixed_s=0.02, overhead_cheapest_s=0.02)
+
+
+def test_plan_pays_both_models_fixed_time_when_routes_mix():
+    """3 ms per large-model token; a step's fixed time 50 ms all-large, 80 ms mixed, 30 ms all on the cheapest
+    route (cost 0.6). Planning for 140 ms steps, a regime affords cost (1 - fixed / 140 ms) / (3 ms x demand)."""
+    ctl = LoadController(SLOConfig(tpot_ms=200.0, plan_tpot=0.7, max_utilisation=1.0), cheapest_cost=0.6)
+
+    def plan(demand: float) -> float:
+        return ctl.planned_cost(LoadSignal(0, 0.0, 0.0, demand, 0.003, 0.05, 0.08, 0.03))
+
+    assert plan(200.0) == 1.0  # all large: (1 - 50/140) / 0.6 = 1.07
+    assert plan(220.0) == pytest.approx((1 - 80 / 140) / 0.66)  # large no longer fits; a mix affords 0.649
+    # a mix would afford 0.571, below the cheapest route: mixing is worse than not, so everyone takes it
+    assert plan(250.0) == 0.6
+    assert plan(500.0) == pytest.approx((1 - 30 / 140) / 1.5)  # even the cheapest route falls short
 
 
 def test_controller_plans_for_demand_at_once_and_gives_back_after_dwell():
@@ -64,17 +81,18 @@ def test_controller_corrects_an_optimistic_plan_with_latency_feedback():
     assert costs[:3] == [pytest.approx(planned - 0.1), pytest.approx(planned - 0.1), pytest.approx(planned - 0.2)]
     assert costs[-1] == pytest.approx(0.4) and ctl.correction == pytest.approx(-0.4)  # floored, owes no more
     # latency back well under target and demand gone: the correction unwinds and the target returns to 1
-    for t in range(6, 20):
+    for t in range(6, 30):
         ctl.update(_signal(50.0, pressure=0.3), float(t))
     assert ctl.target_cost == 1.0 and ctl.correction == 0.0
 
 
-def test_controller_gives_back_quality_a_pessimistic_plan_withheld():
-    ctl = LoadController(SLOConfig(tpot_ms=200.0, dwell_s=1.0, min_cost=0.4))
+def test_controller_gives_back_quality_a_pessimistic_plan_withheld_once_calm_for_a_while():
+    ctl = LoadController(SLOConfig(tpot_ms=200.0, dwell_s=1.0, min_cost=0.4, calm_s=3.0))
     planned = 0.85 / (0.003 * 400)
     assert ctl.update(_signal(400.0), 0.0) == pytest.approx(planned)
-    # latency far below target at the planned cost: the engine is faster than the plan thinks, so step up
-    costs = [ctl.update(_signal(400.0, pressure=0.3), t) for t in (1.0, 2.0, 3.0, 4.0)]
-    assert costs[:2] == [pytest.approx(planned + 0.1), pytest.approx(planned + 0.2)]
+    # latency far below target at the planned cost: the engine is faster than the plan thinks, so step up, but
+    # only once it has stayed low for calm_s (latency lags a cut in cost while the batch fills)
+    costs = [ctl.update(_signal(400.0, pressure=0.3), t) for t in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)]
+    assert costs[:4] == [pytest.approx(planned)] * 2 + [pytest.approx(planned + 0.1), pytest.approx(planned + 0.2)]
     assert costs[-1] == 1.0 and ctl.correction == pytest.approx(0.3)  # up to all-large, and no further wind-up
-    assert ctl.update(_signal(400.0, pressure=0.8), 5.0) == 1.0  # inside the band: hold
+    assert ctl.update(_signal(400.0, pressure=0.8), 7.0) == 1.0  # inside the band: hold

@@ -54,8 +54,12 @@ class LLMEngine:
             raise StitchError(f"policy {config.policy!r} needs a trained router; run `stitchllm router train`")
         self.policy = make_policy("router" if config.policy == ADAPTIVE else config.policy)
         self.router, self.thresholds = router, thresholds or {}
-        self.controller = LoadController(config.slo)
-        self.demand, self.step_time = DemandMeter(), StepTimeModel()
+        self.controller = LoadController(config.slo, cheapest_cost=self.costs[0])
+        # fixed step time per regime, relative to an all-large step: it grows with the weights a step reads
+        reads = {r.name: r.weight_bytes_per_step(catalog.configs, bytes_per_param=1) for r in catalog.routes}
+        self.reads_mixed = (reads["large"] + reads["small"]) / reads["large"]
+        self.reads_cheapest = reads[self.route_names[0]] / reads["large"]
+        self.demand, self.step_time = DemandMeter(), StepTimeModel(read_unit=reads["large"])
         self.kv = KVCacheManager(slots_for_budget(catalog, config))
         self.scheduler = Scheduler(config, self.kv)
         # prompts the router routes first run the large model's blocks its features come from (the bottom pass)
@@ -108,13 +112,14 @@ class LLMEngine:
     # ---- the step ---------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
+        self._route_queue_at_floor()
         items = self.scheduler.schedule()
         if not items:
             return []
         started = time.monotonic()
         result = self.runner.run(items)
         now = time.monotonic()
-        self.step_time.observe(sum(self._work(it) for it in items), now - started)
+        self.step_time.observe(result.params_read, sum(self._work(it) for it in items), now - started)
         self._update_controller(now)  # before routing: a burst admitted in this step is routed for its own load
         outputs = []
         for it in items:
@@ -192,13 +197,23 @@ class LLMEngine:
             route = self.route_names[int(self.policy.choose(self._batch(predicted), self._knob())[0])]
         self.scheduler.set_route(r, route)
 
+    def _route_queue_at_floor(self) -> None:
+        """At the floor every request takes the cheapest route whatever the router says, so route the queue now
+        and skip the bottom pass: it would read the large model's weights in every admission step, the fixed
+        time the floor exists to avoid, and add a step to each request's time to first token."""
+        if self.config.policy == ADAPTIVE and self.controller.target_cost <= self.costs[0]:
+            for r in self.scheduler.waiting:
+                if r.route is None:
+                    r.route = self.route_names[0]
+
     def _update_controller(self, now: float) -> None:
         if self.config.policy != ADAPTIVE:
             return
         p90 = lambda xs: float(np.percentile(xs, 90)) if xs else 0.0  # noqa: E731
-        overhead, per_token = self.step_time.fit()
+        per_read, per_token = self.step_time.fit()
         signal = LoadSignal(len(self.scheduler.waiting), p90(self.recent_ttft), p90(self.recent_tpot),
-                            max(self.demand.tokens_per_s(now), self._backlog_tok_s()), overhead, per_token)
+                            max(self.demand.tokens_per_s(now), self._backlog_tok_s()), per_token,
+                            per_read, per_read * self.reads_mixed, per_read * self.reads_cheapest)
         self.controller.update(signal, now)
 
     def _backlog_tok_s(self) -> float:

@@ -32,9 +32,11 @@ class _Climb:
     hidden: torch.Tensor
 
 
-def _ladder(model: DecoderModel, cache: KVCache, model_name: str, climbs: list[_Climb]) -> None:
-    """Run every climb through its blocks, batching all climbs present between consecutive entry/exit points."""
+def _ladder(model: DecoderModel, cache: KVCache, model_name: str, climbs: list[_Climb]) -> int:
+    """Run every climb through its blocks, batching all climbs present between consecutive entry/exit points.
+    Returns the parameters read: each block run once, whatever the number of tokens in it."""
     bounds = sorted({c.first for c in climbs} | {c.end for c in climbs})
+    blocks_run = 0
     for lo, hi in zip(bounds, bounds[1:]):
         members = [c for c in climbs if c.first <= lo and c.end >= hi]
         if not members:
@@ -44,6 +46,8 @@ def _ladder(model: DecoderModel, cache: KVCache, model_name: str, climbs: list[_
         hidden = model.run_blocks(torch.cat([c.hidden for c in members]), batch, cache, lo, hi)
         for c, h in zip(members, hidden.split(batch.lengths)):
             c.hidden = h
+        blocks_run += hi - lo
+    return blocks_run * model.config.block_params
 
 
 class ModelRunner:
@@ -88,7 +92,7 @@ class ModelRunner:
             l_climbs.append(c)
             if it.route == "large":
                 finals.append((it, "large", c))
-        _ladder(large, self.caches.get("large"), "large", l_climbs)
+        out.params_read += _ladder(large, self.caches.get("large"), "large", l_climbs)
         for c in l_climbs:
             it = c.item
             if it.kind == "bottom":
@@ -102,7 +106,7 @@ class ModelRunner:
                 s = _Climb(it, entry, small.config.num_layers, self.catalog.executor.stitch(cut, entry)(c.hidden))
                 s_climbs.append(s)
                 finals.append((it, "small", s))
-        _ladder(small, self.caches.get("small"), "small", s_climbs)
+        out.params_read += _ladder(small, self.caches.get("small"), "small", s_climbs)
         self._sample(finals, out)
         return out
 
@@ -113,6 +117,7 @@ class ModelRunner:
             if not group:
                 continue
             model = self.models[name]
+            out.params_read += (model.config.vocab_size + 1) * model.config.hidden_size  # final norm and head
             logits = model.head(model.norm(torch.stack([c.hidden[-1] for _, c in group])))  # [B, V]
             gens = []
             for it, _ in group:

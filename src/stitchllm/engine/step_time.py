@@ -4,33 +4,38 @@ from __future__ import annotations
 
 
 class StepTimeModel:
-    """step seconds ~= overhead + per_token x work, where work = the step's tokens weighted by their route's cost
-    (1.0 = one token through the whole large model).
+    """step seconds ~= per_read x reads + per_token x work.
+
+    `reads`: the parameters the step read over `read_unit`, what one all-large step reads. Every block run reads
+    its weights once whatever the batch; on a CPU that, and the Python around each block, is a step's fixed time,
+    so a step that runs both models pays ~1.6x the fixed time of one that runs the large model alone.
+    `work`: the step's tokens weighted by their route's cost (1.0 = one token through the whole large model).
 
     Least squares with exponential forgetting (each step's weight decays by `forget` per later step, ~1/(1-forget)
     steps of memory), so the fit follows the machine as its speed drifts. Decode-only and prefill-heavy steps
-    differ in work by an order of magnitude, which is what separates the fixed overhead from the per-token time.
+    differ in work by an order of magnitude, which is what separates the fixed time from the per-token time.
     """
 
-    def __init__(self, forget: float = 0.98, min_steps: int = 3):
-        self.forget, self.min_steps = forget, min_steps
+    def __init__(self, read_unit: float = 1.0, forget: float = 0.98, min_steps: int = 3):
+        self.read_unit, self.forget, self.min_steps = read_unit, forget, min_steps
         self.steps = 0
-        self._n = self._w = self._t = self._ww = self._wt = 0.0  # discounted sums: 1, w, t, w^2, w*t
+        self._uu = self._uw = self._ww = self._ut = self._wt = 0.0  # discounted sums of u*u, u*w, w*w, u*t, w*t
 
-    def observe(self, work: float, seconds: float) -> None:
-        f = self.forget
+    def observe(self, params_read: float, work: float, seconds: float) -> None:
+        f, u, w, t = self.forget, params_read / self.read_unit, work, seconds
         self.steps += 1
-        self._n, self._w, self._t = f * self._n + 1, f * self._w + work, f * self._t + seconds
-        self._ww, self._wt = f * self._ww + work * work, f * self._wt + work * seconds
+        self._uu, self._uw, self._ww = f * self._uu + u * u, f * self._uw + u * w, f * self._ww + w * w
+        self._ut, self._wt = f * self._ut + u * t, f * self._wt + w * t
 
     def fit(self) -> tuple[float, float]:
-        """(overhead seconds, seconds per cost-weighted token); (0, 0) until enough steps were seen."""
-        if self.steps < self.min_steps or self._w <= 0:
+        """(seconds per all-large read of the weights, seconds per cost-weighted token); (0, 0) until enough
+        steps were seen."""
+        if self.steps < self.min_steps or self._ww <= 0:
             return 0.0, 0.0
-        spread = self._n * self._ww - self._w * self._w
-        if spread > 1e-6 * self._n * self._ww:  # the work varied enough to tell overhead from per-token time
-            per_token = (self._n * self._wt - self._w * self._t) / spread
-            overhead = (self._t - per_token * self._w) / self._n
-            if per_token > 0 and overhead >= 0:
-                return overhead, per_token
-        return 0.0, self._t / self._w  # all steps alike (or a noisy fit): charge everything per token
+        det = self._uu * self._ww - self._uw * self._uw
+        if det > 1e-6 * self._uu * self._ww:  # the work per weight read varied enough to tell the two apart
+            per_read = (self._ut * self._ww - self._wt * self._uw) / det
+            per_token = (self._wt * self._uu - self._ut * self._uw) / det
+            if per_token > 0 and per_read >= 0:
+                return per_read, per_token
+        return 0.0, self._wt / self._ww  # all steps alike (or a noisy fit): charge everything per token

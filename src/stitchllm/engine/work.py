@@ -34,7 +34,9 @@ class WorkItem:
 
 @dataclass(slots=True)
 class RunnerOutput:
-    """Per request: the sampled token (routed/decode items) or the router's predicted losses (last bottom chunk)."""
+    """Per request: the sampled token (routed/decode items) or the router's predicted losses (last bottom chunk);
+    for the step: the parameters it read (blocks run, norms and heads; what its fixed time grows with)."""
 
     sampled: dict[str, int] = field(default_factory=dict)
     predicted_loss: dict[str, list[float]] = field(default_factory=dict)
+    params_read: int = 0

@@ -18,20 +18,25 @@ class SLOConfig:
     band: float = 0.05  # the planned cost must move by more than this before the target follows it
     min_cost: float = 0.4  # never cheaper than this on average
     dwell_s: float = 2.0  # least time between two adjustments (shedding when demand jumps does not wait)
+    calm_s: float = 10.0  # the feedback gives quality back only after pressure stayed below `low` this long:
+    # latency lags a cut in cost by the time the batch takes to fill (requests live tens of seconds)
     plan_tpot: float = 0.7  # plan for a step time of this fraction of the TPOT target
     max_utilisation: float = 0.85  # and never for more of the engine's time than this (Poisson bursts queue)
 
 
 @dataclass
 class LoadSignal:
-    """One observation of the server's load. The last three are 0 while unknown (the plan is then all-large)."""
+    """One observation of the server's load. Demand and step times are 0 while unknown (the plan is then
+    all-large). A step's fixed time depends on which models it runs, so it comes for the three ways to route."""
 
     waiting: int
     ttft_p90_ms: float
     tpot_p90_ms: float
     demand_tok_s: float = 0.0  # tokens arriving per second (prompt + expected output)
-    step_overhead_s: float = 0.0  # an engine step's fixed time
-    step_s_per_token: float = 0.0  # its time per token through the whole large model
+    step_s_per_token: float = 0.0  # a step's time per token through the whole large model
+    overhead_large_s: float = 0.0  # a step's fixed time when every request takes the large model
+    overhead_mixed_s: float = 0.0  # ... when routes mix (both models' weights are read every step)
+    overhead_cheapest_s: float = 0.0  # ... when every request takes the cheapest route
 
 
 class LoadController:
@@ -44,38 +49,52 @@ class LoadController:
     way (the step-time model is linear, the engine is not) is fixed by what users see.
     """
 
-    def __init__(self, slo: SLOConfig):
-        self.slo = slo
+    def __init__(self, slo: SLOConfig, cheapest_cost: float = 0.0):
+        self.slo, self.cheapest_cost = slo, cheapest_cost  # the cheapest route's cost: below it, all take it
         self.target_cost = 1.0
         self.correction = 0.0  # how far the feedback has moved the target from the plan (either way)
         self._last_change = float("-inf")
+        self._calm_since: float | None = None  # since when pressure has been below `low`
 
     def pressure(self, s: LoadSignal) -> float:
         """The worst of queue depth, TTFT and TPOT, each as a fraction of its target."""
         return max(s.waiting / self.slo.queue_depth, s.ttft_p90_ms / self.slo.ttft_ms, s.tpot_p90_ms / self.slo.tpot_ms)
 
     def planned_cost(self, s: LoadSignal) -> float:
+        """The largest average cost the measured demand affords, choosing between the three ways to route.
+
+        All large if that fits; else a mix, paying both models' fixed time every step; else, when a mix cannot
+        even afford the cheapest route's cost, everyone on the cheapest route, which pays only its own."""
+        if s.demand_tok_s <= 0 or s.step_s_per_token <= 0:
+            return 1.0
+        if self._affordable(s, s.overhead_large_s) >= 1.0:
+            return 1.0
+        mixed = self._affordable(s, s.overhead_mixed_s)
+        if mixed > self.cheapest_cost:
+            return mixed
+        return min(self.cheapest_cost, self._affordable(s, s.overhead_cheapest_s))
+
+    def _affordable(self, s: LoadSignal, overhead_s: float) -> float:
         """With steps of a + b x work and D tokens/s arriving at average cost c, the batch grows until a step
         takes t = a / (1 - b D c) (each step serves the t x D c work that arrived during the one before). Keeping
         t under plan_tpot x the TPOT target and b D c under max_utilisation gives the largest affordable c."""
-        if s.demand_tok_s <= 0 or s.step_s_per_token <= 0:
-            return 1.0
-        budget = 1.0 - s.step_overhead_s / (self.slo.plan_tpot * self.slo.tpot_ms / 1000)
-        utilisation = min(self.slo.max_utilisation, budget)
-        return utilisation / (s.step_s_per_token * s.demand_tok_s)
+        budget = 1.0 - overhead_s / (self.slo.plan_tpot * self.slo.tpot_ms / 1000)
+        return min(self.slo.max_utilisation, budget) / (s.step_s_per_token * s.demand_tok_s)
 
     def update(self, signal: LoadSignal, now: float) -> float:
         """Feed one observation at time `now` (seconds); returns the target cost to route at."""
         p, planned = self.pressure(signal), self.planned_cost(signal)
+        self._calm_since = None if p >= self.slo.low else (now if self._calm_since is None else self._calm_since)
+        calm = self._calm_since is not None and now - self._calm_since >= self.slo.calm_s
         # Feedback waits a dwell after every move, and skips the observation in which the plan itself falls:
         # latency lags a rise in demand, so "latency is low" then says nothing about the new plan.
         plan_falls = planned + self.correction < self.target_cost - self.slo.band
         settled = now - self._last_change >= self.slo.dwell_s and not plan_falls
         if settled and p > self.slo.high and planned + self.correction > self.slo.min_cost:
             self.correction = round(self.correction - self.slo.step, 9)
-        elif settled and p < self.slo.low and planned + self.correction < 1.0:
+        elif settled and calm and planned + self.correction < 1.0:
             self.correction = round(self.correction + self.slo.step, 9)
-        elif settled and p < self.slo.low and planned >= 1.0:
+        elif settled and calm and planned >= 1.0:
             self.correction = 0.0  # all-large by plan and calm: nothing left to correct (no wind-up)
         want = min(1.0, max(self.slo.min_cost, planned + self.correction))
         # Small moves wait until they add up to more than the band, except onto the floor or back to all-large.
