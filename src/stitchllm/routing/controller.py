@@ -18,8 +18,8 @@ class SLOConfig:
     band: float = 0.05  # the planned cost must move by more than this before the target follows it
     min_cost: float = 0.4  # never cheaper than this on average
     dwell_s: float = 2.0  # least time between two adjustments (shedding when demand jumps does not wait)
-    calm_s: float = 10.0  # the feedback gives quality back only after pressure stayed below `low` this long:
-    # latency lags a cut in cost by the time the batch takes to fill (requests live tens of seconds)
+    calm_s: float = 10.0  # the feedback gives quality beyond the plan only after pressure stayed below `low` this
+    # long: latency lags a cut in cost by the time the batch takes to fill (requests live tens of seconds)
     plan_tpot: float = 0.7  # plan for a step time of this fraction of the TPOT target
     max_utilisation: float = 0.85  # and never for more of the engine's time than this (Poisson bursts queue)
 
@@ -90,9 +90,11 @@ class LoadController:
         # latency lags a rise in demand, so "latency is low" then says nothing about the new plan.
         plan_falls = planned + self.correction < self.target_cost - self.slo.band
         settled = now - self._last_change >= self.slo.dwell_s and not plan_falls
+        # Its own cuts it undoes as soon as latency is low; quality beyond the plan it gives only after calm_s.
+        may_rise = (p < self.slo.low and self.correction < 0) or calm
         if settled and p > self.slo.high and planned + self.correction > self.slo.min_cost:
             self.correction = round(self.correction - self.slo.step, 9)
-        elif settled and calm and planned + self.correction < 1.0:
+        elif settled and may_rise and planned + self.correction < 1.0:
             self.correction = round(self.correction + self.slo.step, 9)
         elif settled and calm and planned >= 1.0:
             self.correction = 0.0  # all-large by plan and calm: nothing left to correct (no wind-up)
