@@ -15,7 +15,8 @@ from stitchllm.engine.build import build_engine
 from stitchllm.engine.config import EngineConfig
 from stitchllm.sampling import SamplingParams
 
-MIXES = [(48, 0), (0, 4), (48, 4), (0, 12), (36, 12), (48, 12), (0, 48)]  # (small, large) requests decoding
+# (small, large) requests decoding; the first three: a step's fixed time per model (the load plan's weights model)
+MIXES = [(1, 0), (0, 1), (1, 1), (48, 0), (0, 4), (48, 4), (0, 12), (36, 12), (48, 12), (0, 48)]
 
 
 def step_ms(n_small: int, n_large: int, steps: int) -> float:
