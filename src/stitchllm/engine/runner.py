@@ -117,7 +117,7 @@ class ModelRunner:
             if not group:
                 continue
             model = self.models[name]
-            out.params_read += (model.config.vocab_size + 1) * model.config.hidden_size  # final norm and head
+            out.params_read += model.config.norm_and_head_params
             logits = model.head(model.norm(torch.stack([c.hidden[-1] for _, c in group])))  # [B, V]
             gens = []
             for it, _ in group:

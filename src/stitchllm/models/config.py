@@ -114,6 +114,11 @@ class ModelConfig:
         return 2 * (self.block_params - 2 * self.hidden_size)
 
     @property
+    def norm_and_head_params(self) -> int:
+        """What sampling reads once per step: the final norm and the LM head (tied or not)."""
+        return (self.vocab_size + 1) * self.hidden_size
+
+    @property
     def head_flops_per_token(self) -> int:
         return 2 * self.vocab_size * self.hidden_size
 

@@ -53,8 +53,7 @@ class Route:
 
     def weight_bytes_per_step(self, configs: dict[str, ModelConfig], bytes_per_param: int = 4) -> int:
         """Weights one decode step reads: every block used, the stitches, the final norm and head."""
-        head = configs[self.head_model]
-        return (self._block_and_stitch_params(configs) + (head.vocab_size + 1) * head.hidden_size) * bytes_per_param
+        return (self._block_and_stitch_params(configs) + configs[self.head_model].norm_and_head_params) * bytes_per_param
 
     def params(self, configs: dict[str, ModelConfig]) -> int:
         """Parameters the route touches: blocks, stitches, its input embedding, final norm and head."""
