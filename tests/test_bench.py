@@ -64,3 +64,86 @@ def test_quality_labels_are_cached_per_requests(tiny_catalog, tmp_path, monkeypa
     assert again.route_names == built.route_names and torch.equal(again.nll, built.nll)
     with pytest.raises(RuntimeError, match="labels rebuilt"):  # other requests: built afresh
         run.quality_labels(catalog, stitch_dir, make_requests(torch.arange(3, 400), 5, 16, 4), 16)
+
+
+@pytest.fixture(scope="module")
+def bench_server(tiny_catalog):
+    """A live server (real uvicorn, HTTP on 127.0.0.1) on the tiny family, behind an API key."""
+    from server_util import live_server
+    from stitchllm.engine.async_engine import AsyncEngine
+    from stitchllm.engine.config import EngineConfig
+    from stitchllm.engine.llm_engine import LLMEngine
+    from stitchllm.server.app import create_app
+
+    catalog, _, router, manifest = tiny_catalog
+    engine = LLMEngine(catalog, EngineConfig(max_model_len=64, policy="auto"), router, manifest["thresholds"])
+    with live_server(create_app(AsyncEngine(engine), catalog.family.tokenizer, "bench-key")) as url:
+        yield url
+
+
+def test_bench_drives_a_live_server_over_http(tiny_catalog, bench_server, tmp_path, monkeypatch):
+    """--url: the same report from streamed HTTP requests; routes as the server names them, exact token counts."""
+    import torch
+
+    from stitchllm.bench.http_driver import ServerTarget
+    from stitchllm.bench.run import BenchConfig, run_bench
+
+    catalog, stitch_dir, _, _ = tiny_catalog
+    monkeypatch.setenv("STITCHLLM_HOME", str(tmp_path))
+    cfg = BenchConfig(policies=("large", "small", "auto"), rates=(4.0,), duration=2, saturation_duration=2,
+                      prompt_tokens=16, output_tokens=4, concurrency=4, num_requests=8, peers=False)
+    report = run_bench(catalog, stitch_dir, torch.arange(3, 400), cfg, target=ServerTarget(bench_server, "bench-key"))
+    large, small, auto = report["results"]
+    assert large["route_mix"] == {"large": 1.0} and large["quality_top1"] == 1.0
+    assert small["route_mix"] == {"small": 1.0} and small["quality_top1"] < 1.0
+    assert set(auto["route_mix"]) <= {r.name for r in catalog.routes}
+    for row in report["results"] + report["saturation_detail"]:
+        assert row["failed"] == 0 and row["requests"] > 0
+        # every request streamed exactly output_tokens tokens (the server's usage count)
+        assert row["throughput_tok_s"] == pytest.approx(row["requests"] * 4 / row["wall_s"], rel=0.01)
+        assert 0 < row["ttft_p50_ms"] <= row["e2e_p50_ms"]
+    assert report["config"]["server"] == bench_server
+
+
+def test_server_target_fails_clearly(bench_server):
+    from server_util import free_port
+    from stitchllm.bench.http_driver import ServerTarget
+    from stitchllm.bench.workload import BenchRequest
+    from stitchllm.errors import StitchError
+
+    with pytest.raises(StitchError, match="cannot reach the server"):
+        ServerTarget(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(StitchError, match=r"refused the API key \(401\)"):
+        ServerTarget(bench_server, "wrong-key")
+    target = ServerTarget(bench_server + "/", "bench-key")
+    assert target.model_for("fixed:L3-S1") == "L3-S1" and target.model_for("auto") == "auto"
+    with pytest.raises(StitchError, match="one of the server's models"):
+        target.model_for("random")  # an engine policy, not a model the server serves
+    # a request the server rejects (prompt beyond its context) is recorded as failed; the run goes on
+    too_long = BenchRequest(0, list(range(3, 83)), [5])
+    records, _ = target.open_loop("large", [too_long], [0.0, 0.05], 4)
+    assert [r.error[:8] for r in records] == ["HTTP 400", "HTTP 400"] and all(not r.token_times for r in records)
+
+
+def test_sweep_rates_span_the_large_models_capacity(tiny_catalog, tmp_path, monkeypatch):
+    import torch
+
+    from stitchllm.bench.run import BenchConfig, run_bench, sweep_rates
+
+    rows = [{"policy": "small", "throughput_rps": 3.0}, {"policy": "large", "throughput_rps": 2.0}]
+    assert sweep_rates(rows) == (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
+    assert sweep_rates(rows[:1]) == (0.75, 1.5, 2.25, 3.0, 3.75, 4.5)  # no `large`: the first policy's
+    # --sweep runs saturation first and takes the rates from it
+    catalog, stitch_dir, _, _ = tiny_catalog
+    monkeypatch.setenv("STITCHLLM_HOME", str(tmp_path))
+    cfg = BenchConfig(policies=("large",), sweep=True, duration=0.5, saturation_duration=2, prompt_tokens=16,
+                      output_tokens=4, concurrency=4, num_requests=8, peers=False)
+    report = run_bench(catalog, stitch_dir, torch.arange(3, 400), cfg)
+    rates = list(sweep_rates(report["saturation_detail"]))
+    assert report["config"]["rates"] == [r["rate"] for r in report["results"]] == rates and rates[0] > 0
+
+
+def test_bench_rejects_rates_with_sweep():
+    result = subprocess.run([sys.executable, "-m", "stitchllm.cli", "bench", "--sweep", "--rates", "1"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr == "error: use --rates or --sweep, not both\n"

@@ -387,11 +387,24 @@ def text_command(
         sys.stdout.write(text)
 
 
+def _rates(text: str) -> tuple[float, ...]:
+    try:
+        rates = tuple(float(r) for r in text.split(",") if r.strip())
+    except ValueError:
+        raise StitchError(f"--rates must be comma-separated numbers, got {text!r}") from None
+    if any(r <= 0 for r in rates):
+        raise StitchError(f"--rates must be positive, got {text!r}")
+    return rates
+
+
 @app.command("bench")
 def bench(
     policies: Annotated[str, typer.Option(help="Comma-separated: large, small, whole-model, random, auto, fixed:R.")]
     = "large,small,whole-model,random,auto",
-    rates: Annotated[str, typer.Option(help="Comma-separated Poisson rates (requests/s).")] = "0.5,1,2",
+    rates: Annotated[Optional[str], typer.Option(help="Comma-separated Poisson rates (requests/s) [default: 0.5,1,2].")]
+    = None,
+    sweep: Annotated[bool, typer.Option(
+        help="Instead of --rates: saturation first, then 0.25-1.5x the request rate `large` sustained there.")] = False,
     duration: Annotated[float, typer.Option(
         help="Seconds of arrivals per policy and rate: several request lifetimes, or a growing queue goes unseen.")] = 30.0,
     saturation_duration: Annotated[float, typer.Option(help="Seconds of the closed loop per policy.")] = 60.0,
@@ -410,6 +423,11 @@ def bench(
     model: ModelOpt = "default",
     small: SmallOpt = None,
     stitches: StitchesOpt = None,
+    url: Annotated[Optional[str], typer.Option(
+        help="Drive a running server (e.g. http://127.0.0.1:8000) over HTTP instead of the in-process engine; "
+             "policies are then its models (auto, large, small, routes); --model/--small/--stitches name the "
+             "family its quality is scored with.")] = None,
+    api_key: Annotated[Optional[str], typer.Option(envvar="STITCHLLM_API_KEY", help="Bearer key for --url.")] = None,
 ) -> None:
     """Throughput, latency, goodput and served quality of each policy, Poisson load and saturation, one run."""
     import torch
@@ -420,17 +438,27 @@ def bench(
     from stitchllm.paths import embedded_gguf_path
     from stitchllm.routing.catalog import load_catalog
 
+    if sweep and rates is not None:
+        raise StitchError("use --rates or --sweep, not both")
+    target = None
+    if url:
+        from stitchllm.bench.http_driver import ServerTarget
+
+        target = ServerTarget(url, api_key)  # fails fast, before any model loads, if the server is not there
     catalog = load_catalog(model, small, stitches)
     stitch_dir = _stitch_dir(catalog, stitches) if catalog.stitches else None
     body = read_text(text) if text else python_docs_text("heldout")
     ids = torch.tensor(catalog.family.tokenizer(body, add_special_tokens=False)["input_ids"])
     cfg = BenchConfig(policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
-                      rates=tuple(float(r) for r in rates.split(",") if r.strip()), duration=duration,
+                      rates=_rates(rates if rates is not None else "0.5,1,2"), sweep=sweep, duration=duration,
                       saturation_duration=saturation_duration,
                       prompt_tokens=prompt_tokens, output_tokens=output_tokens, concurrency=concurrency,
                       peer_batch=peer_batch, slo_ttft_ms=slo_ttft, slo_tpot_ms=slo_tpot,
                       num_requests=min(256, max(8, len(ids) // 100)), peers=peers)
-    report = run_bench(catalog, stitch_dir, ids, cfg, embedded_gguf_path() if model == "default" else None)
+    if target is not None:
+        for policy in cfg.policies:
+            target.model_for(policy)  # every policy must be one of the server's models
+    report = run_bench(catalog, stitch_dir, ids, cfg, embedded_gguf_path() if model == "default" else None, target)
     if plot:
         from stitchllm.eval.plots import plot_bench
 

@@ -16,8 +16,14 @@ class Record:
 
     request: BenchRequest
     arrival: float
-    token_times: list[float] = field(default_factory=list)
+    token_times: list[float] = field(default_factory=list)  # when each output arrived (a token, or an HTTP chunk)
     route: str | None = None
+    output_tokens: int | None = None  # the server's count, when outputs are chunks of text rather than tokens
+    error: str | None = None  # why the request failed (HTTP only); a failed request counts as not served
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_times) if self.output_tokens is None else self.output_tokens
 
     @property
     def ttft(self) -> float:
@@ -25,7 +31,7 @@ class Record:
 
     @property
     def tpot(self) -> float:
-        n = len(self.token_times)
+        n = self.num_tokens
         return (self.token_times[-1] - self.token_times[0]) / (n - 1) if n > 1 else 0.0
 
     @property

@@ -22,19 +22,21 @@ def summarize(records: list[Record], wall: float, slo_ttft_ms: float, slo_tpot_m
     Goodput is the rate of requests that met both SLOs: over the arrival window under Poisson load (so a server
     that keeps up serves goodput = offered rate, however long the last requests take to drain), over the wall
     time in a closed loop."""
-    done = [r for r in records if r.token_times]
-    tokens = sum(len(r.token_times) for r in done)
+    done = [r for r in records if r.token_times and r.error is None]
+    tokens = sum(r.num_tokens for r in done)
     good = [r for r in done if r.ttft * 1000 <= slo_ttft_ms and r.tpot * 1000 <= slo_tpot_ms]
     routes = Counter(r.route for r in done)
-    idx = [quality.route_names.index(r.route) for r in done]
+    # a server may report routes this family's labels do not know (another family behind --url): no quality then
+    known = done and all(r.route in quality.route_names for r in done)
+    idx = [quality.route_names.index(r.route) for r in done] if known else []
     rows = [r.request.index for r in done]
-    agree = float(quality.agree[rows, idx].mean()) if done else float("nan")
-    nll = float(quality.nll[rows, idx].mean()) if done else float("nan")
-    row = {"requests": len(done), "wall_s": round(wall, 2), "throughput_rps": len(done) / wall,
+    agree = float(quality.agree[rows, idx].mean()) if known else float("nan")
+    nll = float(quality.nll[rows, idx].mean()) if known else float("nan")
+    row = {"requests": len(done), "failed": len(records) - len(done), "wall_s": round(wall, 2), "throughput_rps": len(done) / wall,
            "throughput_tok_s": tokens / wall, "goodput_rps": len(good) / (arrival_window or wall),
            "slo_attainment": len(good) / len(done) if done else float("nan"),
            "route_mix": {k: v / len(done) for k, v in sorted(routes.items())} if done else {},
-           "quality_top1": agree, "quality_ppl": math.exp(nll) if done else float("nan")}
+           "quality_top1": agree, "quality_ppl": math.exp(nll)}
     for name, values in (("ttft", [r.ttft for r in done]), ("tpot", [r.tpot for r in done]),
                          ("itl", [x for r in done for x in r.itls]), ("e2e", [r.e2e for r in done])):
         for q in (50, 90, 99):

@@ -22,6 +22,7 @@ from stitchllm.routing.dataset import RouterDataset, build_dataset
 from stitchllm.stitch.store import stitches_fingerprint
 
 POLICY_ALIASES = {"large": "fixed:large", "small": "fixed:small"}
+SWEEP_FRACTIONS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,14 +43,28 @@ class BenchConfig:
     num_requests: int = 256
     seed: int = 0
     peers: bool = True  # also measure transformers `generate` (and llama.cpp when installed) on the same prompts
+    sweep: bool = False  # rates from the saturation run instead of `rates` (see sweep_rates)
 
 
-def _engine(catalog: RouteCatalog, stitch_dir, policy: str, cfg: BenchConfig):
-    config = EngineConfig(max_model_len=cfg.prompt_tokens + cfg.output_tokens + 8, max_num_seqs=cfg.concurrency,
-                          max_num_batched_tokens=max(512, cfg.prompt_tokens), policy=POLICY_ALIASES.get(policy, policy),
-                          static_cost=cfg.static_cost,
-                          slo=SLOConfig(ttft_ms=cfg.slo_ttft_ms, tpot_ms=cfg.slo_tpot_ms, dwell_s=1.0))
-    return engine_from_catalog(catalog, stitch_dir, config)
+class EngineTarget:
+    """The in-process engine: a fresh engine per policy and load, so no run inherits another's state."""
+
+    def __init__(self, catalog: RouteCatalog, stitch_dir, cfg: BenchConfig):
+        self.catalog, self.stitch_dir, self.cfg = catalog, stitch_dir, cfg
+
+    def _engine(self, policy: str):
+        cfg = self.cfg
+        config = EngineConfig(max_model_len=cfg.prompt_tokens + cfg.output_tokens + 8, max_num_seqs=cfg.concurrency,
+                              max_num_batched_tokens=max(512, cfg.prompt_tokens),
+                              policy=POLICY_ALIASES.get(policy, policy), static_cost=cfg.static_cost,
+                              slo=SLOConfig(ttft_ms=cfg.slo_ttft_ms, tpot_ms=cfg.slo_tpot_ms, dwell_s=1.0))
+        return engine_from_catalog(self.catalog, self.stitch_dir, config)
+
+    def open_loop(self, policy: str, requests, arrivals: list[float], output_tokens: int):
+        return run_open_loop(self._engine(policy), requests, arrivals, output_tokens)
+
+    def closed_loop(self, policy: str, requests, concurrency: int, duration: float, output_tokens: int):
+        return run_closed_loop(self._engine(policy), requests, concurrency, duration, output_tokens)
 
 
 def _peers(catalog: RouteCatalog, requests, gguf: Path | None, cfg: BenchConfig) -> list[dict]:
@@ -77,36 +92,50 @@ def quality_labels(catalog: RouteCatalog, stitch_dir, requests, prompt_tokens: i
     return data
 
 
+def sweep_rates(saturation_rows: list[dict]) -> tuple[float, ...]:
+    """--sweep: offered loads from a quarter to 1.5x the request rate `large` sustains at saturation (or the
+    first policy's, without `large`), so the sweep spans light load, the large model's capacity and overload."""
+    base = next((r for r in saturation_rows if r["policy"] == "large"), saturation_rows[0])["throughput_rps"]
+    return tuple(round(base * f, 2) for f in SWEEP_FRACTIONS)
+
+
 def run_bench(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: BenchConfig,
-              gguf: Path | None = None) -> dict:
-    """Every policy at every rate, then at saturation, then the peers; `gguf` is the large model's GGUF file
-    when there is one (llama.cpp's input)."""
+              gguf: Path | None = None, target=None) -> dict:
+    """Every policy at every rate, then at saturation (first, with --sweep: the sweep's rates come from it),
+    then the peers. `target` serves the requests: the in-process engine by default, or a `ServerTarget`;
+    `gguf` is the large model's GGUF file when there is one (llama.cpp's input)."""
+    target = target or EngineTarget(catalog, stitch_dir, cfg)
     requests = make_requests(text_ids, cfg.num_requests, cfg.prompt_tokens, cfg.output_tokens)
     quality = quality_labels(catalog, stitch_dir, requests, cfg.prompt_tokens)
+
+    def saturate() -> list[dict]:
+        rows = []
+        for policy in cfg.policies:
+            records, wall = target.closed_loop(policy, requests, cfg.concurrency, cfg.saturation_duration,
+                                               cfg.output_tokens)
+            rows.append({"policy": policy} | summarize(records, wall, cfg.slo_ttft_ms, cfg.slo_tpot_ms, quality))
+        return rows
+
+    saturation_rows = saturate() if cfg.sweep else []
+    rates = sweep_rates(saturation_rows) if cfg.sweep else cfg.rates
     results = []
-    for rate in cfg.rates:  # policies interleaved within each rate, so drift hits all alike
+    for rate in rates:  # policies interleaved within each rate, so drift hits all alike
         arrivals = poisson_arrivals(rate, cfg.duration, cfg.seed)
         for policy in cfg.policies:
-            records, wall = run_open_loop(_engine(catalog, stitch_dir, policy, cfg), requests, arrivals,
-                                          cfg.output_tokens)
+            records, wall = target.open_loop(policy, requests, arrivals, cfg.output_tokens)
             results.append({"policy": policy, "rate": rate} | summarize(records, wall, cfg.slo_ttft_ms,
                                                                          cfg.slo_tpot_ms, quality, cfg.duration))
-    saturation, saturation_quality, saturation_rows = {}, {}, []
-    for policy in cfg.policies:
-        records, wall = run_closed_loop(_engine(catalog, stitch_dir, policy, cfg), requests, cfg.concurrency,
-                                        cfg.saturation_duration, cfg.output_tokens)
-        row = summarize(records, wall, cfg.slo_ttft_ms, cfg.slo_tpot_ms, quality)
-        saturation[policy] = row["throughput_tok_s"]
-        saturation_quality[policy] = {"ppl": row["quality_ppl"], "top1": row["quality_top1"]}
-        saturation_rows.append({"policy": policy} | row)
+    saturation_rows = saturation_rows or saturate()
+    saturation = {r["policy"]: r["throughput_tok_s"] for r in saturation_rows}
+    saturation_quality = {r["policy"]: {"ppl": r["quality_ppl"], "top1": r["quality_top1"]} for r in saturation_rows}
     peers = _peers(catalog, requests, gguf, cfg) if cfg.peers else []
     routes = [{"name": n, "cost": c, "ppl": float(quality.nll[:, i].mean().exp()),
                "top1": float(quality.agree[:, i].mean())}
               for i, (n, c) in enumerate(zip(quality.route_names, quality.costs))]
     return {"results": results, "saturation": saturation, "saturation_quality": saturation_quality,
             "saturation_detail": saturation_rows, "peers": peers, "routes": routes, "config": {
-                "policies": list(cfg.policies), "rates": list(cfg.rates), "duration": cfg.duration,
+                "policies": list(cfg.policies), "rates": list(rates), "sweep": cfg.sweep, "duration": cfg.duration,
                 "saturation_duration": cfg.saturation_duration,
                 "prompt_tokens": cfg.prompt_tokens, "output_tokens": cfg.output_tokens,
                 "concurrency": cfg.concurrency, "peer_batch": cfg.peer_batch, "slo_ttft_ms": cfg.slo_ttft_ms,
-                "slo_tpot_ms": cfg.slo_tpot_ms}}
+                "slo_tpot_ms": cfg.slo_tpot_ms, "server": getattr(target, "url", None)}}
