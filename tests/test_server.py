@@ -169,3 +169,43 @@ def test_burst_of_64_with_kv_for_8(tiny_catalog):
         responses = asyncio.run(burst())
     assert len(responses) == 64 and all(r.usage.completion_tokens == 4 for r in responses)
     assert engine.kv.usage() == 0.0
+
+
+def test_engine_is_built_and_stepped_on_its_own_thread(tiny_catalog):
+    """`serve` builds the engine on the thread that steps it: all tensor work on one thread (see
+    AsyncEngine.build), same tokens as the engine stepped directly; a failed build is raised to the caller."""
+    import threading
+
+    from stitchllm.errors import StitchError
+    from stitchllm.sampling import SamplingParams
+
+    catalog = tiny_catalog[0]
+    built_on = []
+
+    def build():
+        built_on.append(threading.current_thread().name)
+        return LLMEngine(catalog, EngineConfig(max_model_len=64, policy="fixed:large"))
+
+    params = SamplingParams(max_tokens=5, ignore_eos=True)
+    direct = build()
+    direct.add_request("d", [5, 6, 7, 8], params)
+    expected = []
+    while direct.has_unfinished():
+        expected += [t for out in direct.step() for t in out.new_token_ids]
+
+    async def collect(engine):
+        return [t async for out in engine.generate([5, 6, 7, 8], params) for t in out.new_token_ids]
+
+    engine = AsyncEngine.build(build)
+    try:
+        assert built_on[-1] == "stitchllm-engine" == engine._thread.name and engine._thread.is_alive()
+        assert asyncio.run(collect(engine)) == expected and len(expected) == 5
+    finally:
+        engine.shutdown()
+    assert not engine._thread.is_alive()
+
+    def broken():
+        raise StitchError("no such model")
+
+    with pytest.raises(StitchError, match="no such model"):
+        AsyncEngine.build(broken)

@@ -362,9 +362,10 @@ def serve(
     config = EngineConfig(max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                           max_num_batched_tokens=max_num_batched_tokens, kv_budget_mb=kv_budget_mb, policy=policy,
                           slo=SLOConfig(ttft_ms=slo_ttft_ms, tpot_ms=slo_tpot_ms))
-    engine = build_engine(config, model, small, stitches)
-    app = create_app(AsyncEngine(engine), engine.catalog.family.tokenizer, api_key)
-    print(f"serving routes {', '.join(engine.route_names)} (policy {policy}) on http://{host}:{port}", flush=True)
+    engine = AsyncEngine.build(lambda: build_engine(config, model, small, stitches))  # tensors on its thread only
+    llm = engine.engine
+    app = create_app(engine, llm.catalog.family.tokenizer, api_key)
+    print(f"serving routes {', '.join(llm.route_names)} (policy {policy}) on http://{host}:{port}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
 
 
