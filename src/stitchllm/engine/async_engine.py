@@ -128,21 +128,6 @@ class AsyncEngine:
                         self._deliver(request_id, RuntimeError(f"engine step failed: {exc}"))
                         engine.abort(request_id)
                 continue
-            self._deliver_step(outputs)
-
-    def _deliver_step(self, outputs: list[RequestOutput]) -> None:
-        """One wake-up per event loop per step (not one per request): each wake-up makes the loop's thread take
-        the GIL, and the engine's next step waits for it."""
-        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-        with self._lock:
-            for out in outputs:
-                stream = self._streams.get(out.request_id)
-                if stream is not None:
-                    by_loop.setdefault(stream[0], []).append((stream[1], out))
-        for loop, items in by_loop.items():
-            loop.call_soon_threadsafe(_put_all, items)
-
-
-def _put_all(items: list[tuple[asyncio.Queue, RequestOutput]]) -> None:
-    for queue, out in items:
-        queue.put_nowait(out)
+            with self._lock:
+                for out in outputs:
+                    self._deliver(out.request_id, out)
