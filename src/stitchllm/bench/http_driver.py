@@ -57,8 +57,8 @@ class ServerTarget:
         return asyncio.run(self._closed_loop(self.model_for(policy), requests, concurrency, duration, output_tokens))
 
     def _client(self, concurrency: int | None = None) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=_TIMEOUT,
-                                 limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency))
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        return httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=_TIMEOUT, limits=limits)
 
     async def _open_loop(self, model, requests, arrivals, output_tokens):
         records: list[Record] = []

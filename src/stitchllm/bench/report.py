@@ -27,12 +27,13 @@ def summarize(records: list[Record], wall: float, slo_ttft_ms: float, slo_tpot_m
     good = [r for r in done if r.ttft * 1000 <= slo_ttft_ms and r.tpot * 1000 <= slo_tpot_ms]
     routes = Counter(r.route for r in done)
     # a server may report routes this family's labels do not know (another family behind --url): no quality then
-    known = done and all(r.route in quality.route_names for r in done)
+    known = bool(done) and all(r.route in quality.route_names for r in done)
     idx = [quality.route_names.index(r.route) for r in done] if known else []
     rows = [r.request.index for r in done]
     agree = float(quality.agree[rows, idx].mean()) if known else float("nan")
     nll = float(quality.nll[rows, idx].mean()) if known else float("nan")
-    row = {"requests": len(done), "failed": len(records) - len(done), "wall_s": round(wall, 2), "throughput_rps": len(done) / wall,
+    row = {"requests": len(done), "failed": len(records) - len(done), "wall_s": round(wall, 2),
+           "throughput_rps": len(done) / wall,
            "throughput_tok_s": tokens / wall, "goodput_rps": len(good) / (arrival_window or wall),
            "slo_attainment": len(good) / len(done) if done else float("nan"),
            "route_mix": {k: v / len(done) for k, v in sorted(routes.items())} if done else {},
