@@ -441,24 +441,24 @@ def bench(
 
     if sweep and rates is not None:
         raise StitchError("use --rates or --sweep, not both")
+    policy_names = tuple(p.strip() for p in policies.split(",") if p.strip())
     target = None
-    if url:
+    if url:  # fail fast, before any model loads: the server must answer and serve every policy as a model
         from stitchllm.bench.http_driver import ServerTarget
 
-        target = ServerTarget(url, api_key)  # fails fast, before any model loads, if the server is not there
+        target = ServerTarget(url, api_key)
+        for policy in policy_names:
+            target.model_for(policy)
     catalog = load_catalog(model, small, stitches)
     stitch_dir = _stitch_dir(catalog, stitches) if catalog.stitches else None
     body = read_text(text) if text else python_docs_text("heldout")
     ids = torch.tensor(catalog.family.tokenizer(body, add_special_tokens=False)["input_ids"])
-    cfg = BenchConfig(policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
+    cfg = BenchConfig(policies=policy_names,
                       rates=_rates(rates if rates is not None else "0.5,1,2"), sweep=sweep, duration=duration,
                       saturation_duration=saturation_duration,
                       prompt_tokens=prompt_tokens, output_tokens=output_tokens, concurrency=concurrency,
                       peer_batch=peer_batch, slo_ttft_ms=slo_ttft, slo_tpot_ms=slo_tpot,
                       num_requests=min(256, max(8, len(ids) // 100)), peers=peers)
-    if target is not None:
-        for policy in cfg.policies:
-            target.model_for(policy)  # every policy must be one of the server's models
     report = run_bench(catalog, stitch_dir, ids, cfg, embedded_gguf_path() if model == "default" else None, target)
     if plot:
         from stitchllm.eval.plots import plot_bench
