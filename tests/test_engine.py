@@ -155,3 +155,21 @@ def test_tpot_signal_is_each_requests_mean_time_per_output_token(tiny_catalog, m
         engine.step()
     assert not engine.has_unfinished()
     assert list(engine.recent_tpot) == pytest.approx([1000.0, 2000.0, 5000.0 / 3])  # inter-token gaps: 1, 3, 1 s
+
+
+def test_controller_is_told_when_no_request_is_the_policys_to_route(tiny_catalog, monkeypatch):
+    """Pinned requests (a route named by the client) load the engine but are not routed by the policy: the
+    controller's feedback must know, or their latency winds it up or down for the next unpinned requests."""
+    catalog, _, router, manifest = tiny_catalog
+    engine = LLMEngine(catalog, EngineConfig(max_model_len=128), router, manifest["thresholds"])
+    seen = []
+    monkeypatch.setattr(engine.controller, "update", lambda signal, now: seen.append(signal.steerable))
+    params = SamplingParams(max_tokens=3, ignore_eos=True)
+    engine.add_request("pinned", prompts(1)[0], params, route="small")
+    run_to_completion(engine)
+    assert seen and not any(seen)
+    seen.clear()
+    engine.add_request("pinned2", prompts(1, seed=1)[0], params, route="small")
+    engine.add_request("auto", prompts(1, seed=2)[0], params)
+    run_to_completion(engine)
+    assert seen and all(seen)

@@ -39,11 +39,12 @@ def test_demand_meter_rate_and_learned_output_length():
     assert meter.expected_output(16) == 16  # never more than the request allows
 
 
-def _signal(demand: float, pressure: float = 0.0) -> LoadSignal:
+def _signal(demand: float, pressure: float = 0.0, steerable: bool = True) -> LoadSignal:
     """The engine of these tests: steps of 20 ms + 3 ms per large-model token (333 tokens/s at most), whatever
     the models in them."""
     return LoadSignal(waiting=0, ttft_p90_ms=0.0, tpot_p90_ms=pressure * 200.0, demand_tok_s=demand,
-                      step_s_per_token=0.003, overhead_large_s=0.02, overhead_mixed_s=0.02, overhead_cheapest_s=0.02)
+                      step_s_per_token=0.003, overhead_large_s=0.02, overhead_mixed_s=0.02, overhead_cheapest_s=0.02,
+                      steerable=steerable)
 
 
 def test_plan_pays_both_models_fixed_time_when_routes_mix():
@@ -96,3 +97,19 @@ def test_controller_gives_back_quality_a_pessimistic_plan_withheld_once_calm_for
     assert costs[:4] == [pytest.approx(planned)] * 2 + [pytest.approx(planned + 0.1), pytest.approx(planned + 0.2)]
     assert costs[-1] == 1.0 and ctl.correction == pytest.approx(0.3)  # up to all-large, and no further wind-up
     assert ctl.update(_signal(400.0, pressure=0.8), 7.0) == 1.0  # inside the band: hold
+
+
+def test_controller_feedback_holds_while_every_request_is_pinned():
+    """Requests pinned to a model by name are not the controller's to route: a minute of them, calm or
+    overloaded, must not wind the correction up or down for the unpinned traffic that follows."""
+    ctl = LoadController(SLOConfig(tpot_ms=200.0, dwell_s=1.0, min_cost=0.4, calm_s=3.0))
+    planned = 0.85 / (0.003 * 400)
+    assert ctl.update(_signal(400.0), 0.0) == pytest.approx(planned)
+    for t in range(1, 61):  # pinned to the small model: latency far below target
+        assert ctl.update(_signal(400.0, pressure=0.3, steerable=False), float(t)) == pytest.approx(planned)
+    for t in range(61, 121):  # pinned to the large model: overloaded
+        assert ctl.update(_signal(400.0, pressure=2.0, steerable=False), float(t)) == pytest.approx(planned)
+    assert ctl.correction == 0.0
+    # the policy's own requests again: calm has to be seen with them, calm_s long, before quality goes up
+    costs = [ctl.update(_signal(400.0, pressure=0.3), t) for t in (121.0, 122.0, 123.0, 124.0)]
+    assert costs == [pytest.approx(planned)] * 3 + [pytest.approx(planned + 0.1)]

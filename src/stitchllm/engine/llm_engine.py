@@ -213,8 +213,13 @@ class LLMEngine:
         per_read, per_token = self.step_time.fit()
         signal = LoadSignal(len(self.scheduler.waiting), p90(self.recent_ttft), p90(self.recent_tpot),
                             max(self.demand.tokens_per_s(now), self._backlog_tok_s()), per_token,
-                            per_read, per_read * self.reads_mixed, per_read * self.reads_cheapest)
+                            per_read, per_read * self.reads_mixed, per_read * self.reads_cheapest,
+                            steerable=self._has_unpinned())
         self.controller.update(signal, now)
+
+    def _has_unpinned(self) -> bool:
+        """Whether any request in the engine is the policy's to route (the controller's feedback needs one)."""
+        return any(not r.pinned for r in self.scheduler.waiting) or any(not r.pinned for r in self.scheduler.running)
 
     def _backlog_tok_s(self) -> float:
         """Work already queued (requests not yet routed) as a rate: it must be served within the TTFT target.

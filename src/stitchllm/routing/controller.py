@@ -37,6 +37,7 @@ class LoadSignal:
     overhead_large_s: float = 0.0  # a step's fixed time when every request takes the large model
     overhead_mixed_s: float = 0.0  # ... when routes mix (both models' weights are read every step)
     overhead_cheapest_s: float = 0.0  # ... when every request takes the cheapest route
+    steerable: bool = True  # some request in the engine has its route chosen by the policy (not pinned)
 
 
 class LoadController:
@@ -46,7 +47,10 @@ class LoadController:
     measured speed within the TPOT target: it moves as soon as the arrival rate does, instead of waiting for
     queues to build. The *correction* (feedback, integral) steps the target below the plan while latency or
     the queue is above target and above it while they are well below target, so a plan that is wrong either
-    way (the step-time model is linear, the engine is not) is fixed by what users see.
+    way (the step-time model is linear, the engine is not) is fixed by what users see. The feedback holds while
+    no request in the engine is the policy's to route (all pinned to a model by name): their latency says nothing
+    about the target, and integrating it winds the correction up, e.g. to all-large after a minute of calm
+    traffic pinned to the small model, which the next unpinned burst then pays for in queueing.
     """
 
     def __init__(self, slo: SLOConfig, cheapest_cost: float = 0.0):
@@ -84,7 +88,8 @@ class LoadController:
     def update(self, signal: LoadSignal, now: float) -> float:
         """Feed one observation at time `now` (seconds); returns the target cost to route at."""
         p, planned = self.pressure(signal), self.planned_cost(signal)
-        self._calm_since = None if p >= self.slo.low else (now if self._calm_since is None else self._calm_since)
+        calm_now = p < self.slo.low and signal.steerable
+        self._calm_since = (now if self._calm_since is None else self._calm_since) if calm_now else None
         calm = self._calm_since is not None and now - self._calm_since >= self.slo.calm_s
         # Feedback waits a dwell after every move, and skips the observation in which the plan itself falls:
         # latency lags a rise in demand, so "latency is low" then says nothing about the new plan.
@@ -92,11 +97,12 @@ class LoadController:
         settled = now - self._last_change >= self.slo.dwell_s and not plan_falls
         # Its own cuts it undoes as soon as latency is low; quality beyond the plan it gives only after calm_s.
         may_rise = (p < self.slo.low and self.correction < 0) or calm
-        if settled and p > self.slo.high and planned + self.correction > self.slo.min_cost:
+        feedback = settled and signal.steerable
+        if feedback and p > self.slo.high and planned + self.correction > self.slo.min_cost:
             self.correction = round(self.correction - self.slo.step, 9)
-        elif settled and may_rise and planned + self.correction < 1.0:
+        elif feedback and may_rise and planned + self.correction < 1.0:
             self.correction = round(self.correction + self.slo.step, 9)
-        elif settled and calm and planned >= 1.0:
+        elif feedback and calm and planned >= 1.0:
             self.correction = 0.0  # all-large by plan and calm: nothing left to correct (no wind-up)
         want = min(1.0, max(self.slo.min_cost, planned + self.correction))
         # Small moves wait until they add up to more than the band, except onto the floor or back to all-large.
