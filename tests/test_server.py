@@ -209,3 +209,31 @@ def test_engine_is_built_and_stepped_on_its_own_thread(tiny_catalog):
 
     with pytest.raises(StitchError, match="no such model"):
         AsyncEngine.build(broken)
+
+
+@pytest.mark.parametrize("rust_backend", [True, False])
+def test_text_tracker_streams_whole_characters_and_cuts_at_a_stop_string(tiny_catalog, rust_backend):
+    """Token by token, as the engine hands them out: multi-byte characters split across tokens are never sent
+    half, the pieces join to the tokenizer's own decode, and a stop string spanning tokens ends the text."""
+    from stitchllm.server.serving import TextTracker
+
+    tokenizer = tiny_catalog[0].family.tokenizer
+    text = "Héllo 🙂🚀 日本語のテキスト, don't stop. END of it"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def stream(stops: list[str]) -> tuple[list[str], TextTracker]:
+        tracker = TextTracker(tokenizer, stops)
+        if not rust_backend:
+            tracker._stream = None  # as for a tokenizer without a Rust backend: whole-output decode per token
+        deltas = []
+        for i, t in enumerate(ids):
+            deltas.append(tracker.add([t], finished=i == len(ids) - 1))
+            if tracker.stopped:
+                break
+        return deltas, tracker
+
+    deltas, tracker = stream([])
+    assert "".join(deltas) == tokenizer.decode(ids) == text and not tracker.stopped
+    assert not any("\ufffd" in d for d in deltas) and deltas.count("") >= 3  # the emoji and CJK bytes held back
+    deltas, tracker = stream([". END"])
+    assert "".join(deltas) == "Héllo 🙂🚀 日本語のテキスト, don't stop" and tracker.stopped

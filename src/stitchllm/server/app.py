@@ -8,6 +8,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stitchllm.engine.async_engine import AsyncEngine
 from stitchllm.errors import StitchError
@@ -26,6 +28,24 @@ def _validation_message(exc: RequestValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
     return f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+
+
+class RequireApiKey:
+    """Refuses /v1 requests without `Authorization: Bearer <key>` (401, OpenAI-style body).
+
+    A plain ASGI middleware: Starlette's BaseHTTPMiddleware (`@app.middleware("http")`) relays every chunk of a
+    streamed response through an extra task and memory stream, which was 40% of the event loop's time when the
+    server streamed ~300 tokens/s (py-spy)."""
+
+    def __init__(self, app: ASGIApp, api_key: str):
+        self.app, self.expected = app, f"Bearer {api_key}"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            if Headers(scope=scope).get("authorization") != self.expected:
+                await _error(401, "missing or invalid API key", "authentication_error")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app(engine: AsyncEngine, tokenizer, api_key: str | None = None) -> FastAPI:
@@ -51,12 +71,8 @@ def create_app(engine: AsyncEngine, tokenizer, api_key: str | None = None) -> Fa
     async def on_stitch_error(_: Request, exc: StitchError):
         return _error(400, str(exc))
 
-    @app.middleware("http")
-    async def require_key(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1"):
-            if request.headers.get("authorization") != f"Bearer {api_key}":
-                return _error(401, "missing or invalid API key", "authentication_error")
-        return await call_next(request)
+    if api_key:
+        app.add_middleware(RequireApiKey, api_key=api_key)
 
     @app.get("/health")
     async def health():

@@ -7,6 +7,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from tokenizers.decoders import DecodeStream
+
 from stitchllm.engine.async_engine import AsyncEngine
 from stitchllm.engine.request import RequestOutput
 from stitchllm.errors import StitchError
@@ -19,26 +21,37 @@ AUTO = "auto"
 
 class TextTracker:
     """Incremental detokenisation with stop strings: returns only text that is final (no half characters,
-    nothing that could still turn into a stop string)."""
+    nothing that could still turn into a stop string).
+
+    Each token is decoded once (the tokenizers library's DecodeStream, which holds back partial UTF-8): decoding
+    the whole output again for every token cost O(n^2) on the event loop that every stream shares. A tokenizer
+    without a Rust backend falls back to that whole-output decode."""
 
     def __init__(self, tokenizer, stops: list[str]):
         self.tokenizer, self.stops = tokenizer, [s for s in stops if s]
         self.ids: list[int] = []
         self.emitted = 0
-        self.text = ""
+        self.text = ""  # the output decoded so far, cut at a stop string once one appears
         self.stopped = False
+        self._backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._stream = DecodeStream(skip_special_tokens=True) if self._backend is not None else None
+
+    def _decode(self, token_ids: list[int]) -> str:
+        """The whole output decoded so far, complete characters only."""
+        if self._stream is None:
+            text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+            return text[:-1] if text.endswith("\ufffd") else text
+        return self.text + "".join(piece for t in token_ids if (piece := self._stream.step(self._backend, t)))
 
     def add(self, token_ids: list[int], finished: bool) -> str:
         self.ids.extend(token_ids)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        text = self._decode(token_ids)
         for stop in self.stops:
-            at = text.find(stop)
+            at = text.find(stop, max(0, len(self.text) - len(stop) + 1))  # earlier text was searched already
             if at >= 0:
                 text, finished, self.stopped = text[:at], True, True
         self.text = text
         if not finished:
-            if text.endswith("\ufffd"):
-                return ""
             hold = max((len(s) - 1 for s in self.stops), default=0)
             text = text[: max(self.emitted, len(text) - hold)]
         delta = text[self.emitted:]
