@@ -36,16 +36,16 @@ class TextTracker:
         self._backend = getattr(tokenizer, "backend_tokenizer", None)
         self._stream = DecodeStream(skip_special_tokens=True) if self._backend is not None else None
 
-    def _decode(self, token_ids: list[int]) -> str:
-        """The whole output decoded so far, complete characters only."""
-        if self._stream is None:
-            text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-            return text[:-1] if text.endswith("\ufffd") else text
-        return self.text + "".join(piece for t in token_ids if (piece := self._stream.step(self._backend, t)))
+    def _decode(self, token_ids: list[int], finished: bool) -> str:
+        """The output decoded so far; while unfinished, without a character still split across tokens."""
+        if self._stream is not None:  # DecodeStream holds partial characters back itself
+            return self.text + "".join(piece for t in token_ids if (piece := self._stream.step(self._backend, t)))
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        return text if finished else text.rstrip("\ufffd")
 
     def add(self, token_ids: list[int], finished: bool) -> str:
         self.ids.extend(token_ids)
-        text = self._decode(token_ids)
+        text = self._decode(token_ids, finished)
         for stop in self.stops:
             at = text.find(stop, max(0, len(self.text) - len(stop) + 1))  # earlier text was searched already
             if at >= 0:
