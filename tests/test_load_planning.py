@@ -3,6 +3,7 @@
 import pytest
 
 from stitchllm.engine.demand import DemandMeter
+from stitchllm.engine.latency_window import LatencyWindow
 from stitchllm.engine.step_time import StepTimeModel
 from stitchllm.routing.controller import LoadController, LoadSignal, SLOConfig
 
@@ -113,3 +114,14 @@ def test_controller_feedback_holds_while_every_request_is_pinned():
     # the policy's own requests again: calm has to be seen with them, calm_s long, before quality goes up
     costs = [ctl.update(_signal(400.0, pressure=0.3), t) for t in (121.0, 122.0, 123.0, 124.0)]
     assert costs == [pytest.approx(planned)] * 3 + [pytest.approx(planned + 0.1)]
+
+
+def test_latency_window_keeps_the_latest_samples_and_forgets_old_ones():
+    window = LatencyWindow(size=3, max_age_s=30.0)
+    for t, ms in enumerate([9000.0, 100.0, 200.0, 300.0]):  # the first pushed out by count
+        window.add(float(t), ms)
+    assert window.values(3.0) == [100.0, 200.0, 300.0]
+    assert window.p90(3.0) == pytest.approx(280.0)
+    window.add(40.0, 50.0)  # an idle gap: the burst's samples are older than 30 s and no longer count
+    assert window.values(40.0) == [50.0] and window.p90(40.0) == 50.0
+    assert window.p90(100.0) == 0.0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections import Counter, deque
+from collections import Counter
 
 import numpy as np
 import torch
@@ -11,6 +11,7 @@ import torch
 from stitchllm.engine.config import EngineConfig
 from stitchllm.engine.demand import DemandMeter
 from stitchllm.engine.kv_manager import KVCacheManager
+from stitchllm.engine.latency_window import LatencyWindow
 from stitchllm.engine.request import Phase, Request, RequestOutput
 from stitchllm.engine.runner import ModelRunner
 from stitchllm.engine.scheduler import Scheduler
@@ -69,8 +70,7 @@ class LLMEngine:
         self.bottom_cost = bottom * large.block_flops_per_token / large.flops_per_token
         self.requests: dict[str, Request] = {}
         self.route_counts: Counter[str] = Counter()
-        self.recent_ttft: deque[float] = deque(maxlen=64)
-        self.recent_tpot: deque[float] = deque(maxlen=64)
+        self.recent_ttft, self.recent_tpot = LatencyWindow(), LatencyWindow()
         self.eos_ids = {catalog.family.tokenizer.eos_token_id}
         self._rng = torch.Generator().manual_seed(config.seed)
         if config.policy == ADAPTIVE:  # only the load controller reads the step-time model
@@ -134,10 +134,10 @@ class LLMEngine:
             if it.kind == "routed":
                 r.phase = Phase.DECODE
                 r.first_token_at = now
-                self.recent_ttft.append((now - r.arrival) * 1000)
+                self.recent_ttft.add(now, (now - r.arrival) * 1000)
                 self.route_counts[r.route] += 1
             else:  # the request's TPOT so far, as the SLO measures it: a prefill-heavy step's long gap is one of many
-                self.recent_tpot.append((now - r.first_token_at) * 1000 / len(r.output_ids))
+                self.recent_tpot.add(now, (now - r.first_token_at) * 1000 / len(r.output_ids))
             token = result.sampled[r.request_id]
             r.output_ids.append(token)
             reason = self._stop_reason(r, token)
@@ -209,9 +209,8 @@ class LLMEngine:
     def _update_controller(self, now: float) -> None:
         if self.config.policy != ADAPTIVE:
             return
-        p90 = lambda xs: float(np.percentile(xs, 90)) if xs else 0.0  # noqa: E731
         per_read, per_token = self.step_time.fit()
-        signal = LoadSignal(len(self.scheduler.waiting), p90(self.recent_ttft), p90(self.recent_tpot),
+        signal = LoadSignal(len(self.scheduler.waiting), self.recent_ttft.p90(now), self.recent_tpot.p90(now),
                             max(self.demand.tokens_per_s(now), self._backlog_tok_s()), per_token,
                             per_read, per_read * self.reads_mixed, per_read * self.reads_cheapest,
                             steerable=self._has_unpinned())
