@@ -1,9 +1,11 @@
-"""Prefill + decode through the KV cache reproduces a full forward; batching changes no generated token."""
+"""Prefill + decode through the KV cache reproduces a full forward; batching changes no generated token.
+Decode attention is checked on both its paths: the CPU kernel and PyTorch's SDPA (its fallback)."""
 
 import pytest
 import torch
 
 from stitchllm.generation import generate, model_last_logits
+from stitchllm.models import attention
 from stitchllm.models.batch import ForwardBatch
 from stitchllm.models.config import ModelConfig
 from stitchllm.models.loader import random_model
@@ -15,6 +17,13 @@ def tiny():
     config = ModelConfig(model_type="llama", vocab_size=200, hidden_size=48, num_layers=2, num_heads=6,
                          num_kv_heads=2, head_dim=8, intermediate_size=80, max_position_embeddings=128)
     return random_model(config, seed=3)
+
+
+@pytest.fixture(params=["kernel", "sdpa"])
+def decode_path(request, monkeypatch):
+    if request.param == "sdpa":
+        monkeypatch.setattr(attention, "decode_attention_kernel", lambda: None)
+    return request.param
 
 
 def incremental_logits(model, ids: torch.Tensor, chunks: list[int]) -> torch.Tensor:
@@ -29,7 +38,7 @@ def incremental_logits(model, ids: torch.Tensor, chunks: list[int]) -> torch.Ten
 
 
 @pytest.mark.parametrize("chunks", [[10] + [1] * 14, [7, 8, 9], [1] * 24])
-def test_cached_decode_matches_full_forward(tiny, chunks):
+def test_cached_decode_matches_full_forward(tiny, chunks, decode_path):
     ids = torch.randint(0, 200, (sum(chunks),), generator=torch.Generator().manual_seed(0))
     full = tiny(ids, ForwardBatch([0], [0], [len(ids)]))
     torch.testing.assert_close(incremental_logits(tiny, ids, chunks), full, atol=1e-5, rtol=0)
@@ -43,7 +52,7 @@ def test_smollm2_cached_decode_matches_full_forward(smollm2):
     torch.testing.assert_close(incremental_logits(model, ids, chunks), full, atol=1e-4, rtol=0)
 
 
-def test_mixed_batch_of_prefill_and_decode(tiny):
+def test_mixed_batch_of_prefill_and_decode(tiny, decode_path):
     """One packed pass that holds a prefill chunk of one sequence and decode tokens of two others (which take
     the batched decode path, with different context lengths and non-consecutive slots)."""
     a = torch.randint(0, 200, (12,), generator=torch.Generator().manual_seed(1))
@@ -59,7 +68,7 @@ def test_mixed_batch_of_prefill_and_decode(tiny):
 
 
 @pytest.mark.parametrize("slots", [[5, 2, 3], [2, 3, 4], [0, 9, 4]])
-def test_decode_batch_reads_any_slot_layout(tiny, slots):
+def test_decode_batch_reads_any_slot_layout(tiny, slots, decode_path):
     """Decode attention reads a slot range as one view (in order, out of order, with a gap) or gathers scattered
     slots; every layout gives each sequence its own logits."""
     seqs = [torch.randint(0, 200, (n,), generator=torch.Generator().manual_seed(n)) for n in (7, 11, 4)]

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from stitchllm.models.batch import ForwardBatch
+from stitchllm.models.decode_kernel import MAX_GROUP, decode_attention_kernel
 from stitchllm.models.decode_layout import DecodeLayout
 
 
@@ -32,13 +33,25 @@ def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -
 
 
 def _decode_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: ForwardBatch
+) -> torch.Tensor:
+    """Sequences that each bring one token (q [B, H, hd]): one call for them all, each reading only its own keys
+    with the CPU kernel (models/decode_kernel.py), else one padded SDPA call."""
+    fits = q.device.type == "cpu" and q.dtype == torch.float32 and q.shape[1] // k_cache.shape[1] <= MAX_GROUP
+    kernel = decode_attention_kernel() if fits else None
+    if kernel is None:
+        return _sdpa_decode_attention(q, k_cache, v_cache, batch.decode_layout())
+    slots, lengths = batch.decode_rows()
+    return kernel(q, k_cache, v_cache, slots, lengths, q.shape[-1] ** -0.5)
+
+
+def _sdpa_decode_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, layout: DecodeLayout
 ) -> torch.Tensor:
-    """Sequences that each bring one token: one batched attention call instead of one per sequence.
+    """Decode attention with PyTorch's SDPA: q [B, H, hd]; caches [slots, kv, max_len, hd].
 
-    q [B, H, hd]; caches [slots, kv, max_len, hd]. Keys are read up to the longest context among them, masked for
-    the shorter ones (the only padding in the runtime, over decode keys only). Query heads are viewed as [kv, G]
-    so each group of G heads meets its shared key head without copying keys.
+    Keys are read up to the longest context among them, masked for the shorter ones (over decode keys only).
+    Query heads are viewed as [kv, G] so each group of G heads meets its shared key head without copying keys.
     """
     B, H, hd = q.shape
     kv_heads = k_cache.shape[1]
@@ -71,7 +84,7 @@ def attention(
         k_cache[batch.token_slots, :, batch.positions] = k
         v_cache[batch.token_slots, :, batch.positions] = v
         if batch.is_decode:
-            return _decode_attention(q, k_cache, v_cache, batch.decode_layout())
+            return _decode_attention(q, k_cache, v_cache, batch)
     elif any(batch.starts):
         raise ValueError("attention without a KV cache needs every sequence to start at position 0")
     out = torch.empty_like(q)
@@ -79,7 +92,7 @@ def attention(
     single = [i for i, n in enumerate(batch.lengths) if n == 1]
     if kv_cache is not None and len(single) > 1:  # decode tokens among prefill chunks: one call for them all
         rows = torch.tensor([offsets[i] for i in single], device=q.device)
-        out[rows] = _decode_attention(q[rows], k_cache, v_cache, batch.decode_layout())
+        out[rows] = _decode_attention(q[rows], k_cache, v_cache, batch)
     batched_decode = kv_cache is not None and len(single) > 1
     for i, (slot, start, n) in enumerate(zip(batch.slots, batch.starts, batch.lengths)):
         if batched_decode and n == 1:

@@ -23,6 +23,7 @@ class ForwardBatch:
     is_decode: bool = field(init=False)  # every sequence brings exactly one token (the steady state)
     _rope: dict = field(init=False, default_factory=dict)
     _decode_layout: DecodeLayout | None = field(init=False, default=None)
+    _decode_rows: tuple[torch.Tensor, torch.Tensor] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         if not (len(self.slots) == len(self.starts) == len(self.lengths)):
@@ -48,6 +49,15 @@ class ForwardBatch:
             self._decode_layout = DecodeLayout.build([self.slots[i] for i in single],
                                                      [self.starts[i] for i in single], self.device)
         return self._decode_layout
+
+    def decode_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B] cache slots and [B] context lengths (the new token included) of the single-token sequences, in
+        batch order; computed once per pass."""
+        if self._decode_rows is None:
+            single = [i for i, n in enumerate(self.lengths) if n == 1]
+            self._decode_rows = (torch.tensor([self.slots[i] for i in single]),
+                                 torch.tensor([self.starts[i] + 1 for i in single]))
+        return self._decode_rows
 
     def last_token_indices(self) -> torch.Tensor:
         """[B] index into the packed tokens of each sequence's last new token (whose logits sample the next)."""
