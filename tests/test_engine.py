@@ -173,3 +173,17 @@ def test_controller_is_told_when_no_request_is_the_policys_to_route(tiny_catalog
     engine.add_request("auto", prompts(1, seed=2)[0], params)
     run_to_completion(engine)
     assert seen and all(seen)
+
+
+def test_a_request_at_an_empty_engine_starts_the_controllers_feedback_afresh(tiny_catalog):
+    """The correction answers the load of the requests in the engine; once it ran empty that load has ended, so
+    the next request is routed by the plan, not by a past overload's correction. While requests run it holds."""
+    catalog, _, router, manifest = tiny_catalog
+    engine = LLMEngine(catalog, EngineConfig(max_model_len=128), router, manifest["thresholds"])
+    params = SamplingParams(max_tokens=3, ignore_eos=True)
+    engine.controller.correction = -0.5  # as a saturation run leaves it
+    engine.add_request("first", prompts(1)[0], params)
+    assert engine.controller.correction == 0.0
+    engine.controller.correction = -0.3
+    engine.add_request("second", prompts(1, seed=1)[0], params)  # "first" still waits: the load goes on
+    assert engine.controller.correction == -0.3

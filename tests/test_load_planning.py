@@ -88,6 +88,15 @@ def test_controller_corrects_an_optimistic_plan_with_latency_feedback():
     assert ctl.target_cost == 1.0 and ctl.correction == 0.0
 
 
+def test_controller_routes_by_the_plan_once_it_forgets_a_past_overloads_correction():
+    ctl = LoadController(SLOConfig(tpot_ms=200.0, dwell_s=1.0, min_cost=0.4))
+    for t in range(6):  # overloaded at 400 tokens/s: floored, 0.4 below a plan of 0.708
+        ctl.update(_signal(400.0, pressure=1.5), float(t))
+    assert ctl.target_cost == pytest.approx(0.4) and ctl.correction == pytest.approx(-0.4)
+    ctl.forget_feedback()  # the engine ran empty; light traffic arrives
+    assert ctl.update(_signal(50.0, pressure=0.3), 60.0) == 1.0  # all large at once, not 0.1 per dwell
+
+
 def test_controller_gives_back_quality_a_pessimistic_plan_withheld_once_calm_for_a_while():
     ctl = LoadController(SLOConfig(tpot_ms=200.0, dwell_s=1.0, min_cost=0.4, calm_s=3.0))
     planned = 0.85 / (0.003 * 400)

@@ -97,6 +97,8 @@ class LLMEngine:
             route = self.route_names[int(self.policy.choose(self._batch(None), self._knob()))]
         r = Request(request_id, list(prompt_ids), params, route=route, pinned=route is not None)
         self.requests[request_id] = r
+        if not self.has_unfinished():  # the engine ran empty: whatever load the correction answered has ended
+            self.controller.forget_feedback()
         room = self.config.max_model_len - len(prompt_ids)
         self.demand.arrive(time.monotonic(), len(prompt_ids), min(params.max_tokens, room))
         self.scheduler.add(r)

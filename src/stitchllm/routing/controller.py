@@ -50,7 +50,8 @@ class LoadController:
     way (the step-time model is linear, the engine is not) is fixed by what users see. The feedback holds while
     no request in the engine is the policy's to route (all pinned to a model by name): their latency says nothing
     about the target, and integrating it winds the correction up, e.g. to all-large after a minute of calm
-    traffic pinned to the small model, which the next unpinned burst then pays for in queueing.
+    traffic pinned to the small model, which the next unpinned burst then pays for in queueing. An engine that
+    ran empty forgets the correction (`forget_feedback`): it corrected the plan for a load that has ended.
     """
 
     def __init__(self, slo: SLOConfig, cheapest_cost: float = 0.0):
@@ -59,6 +60,13 @@ class LoadController:
         self.correction = 0.0  # how far the feedback has moved the target from the plan (either way)
         self._last_change = float("-inf")
         self._calm_since: float | None = None  # since when pressure has been below `low`
+
+    def forget_feedback(self) -> None:
+        """Drop the correction and the calm seen so far (the engine ran empty): the next requests are routed by
+        the plan for their own load. Otherwise a past overload's correction, undone one step per dwell, would
+        send the first requests of light traffic after it to cheaper routes for seconds."""
+        self.correction = 0.0
+        self._calm_since = None
 
     def pressure(self, s: LoadSignal) -> float:
         """The worst of queue depth, TTFT and TPOT, each as a fraction of its target."""
