@@ -74,6 +74,16 @@ def test_controller_plans_for_demand_at_once_and_gives_back_after_dwell():
     assert ctl.update(_signal(100.0), 2.2) == 1.0
 
 
+def test_controller_enters_the_all_cheapest_regime_without_waiting_for_the_band():
+    """A plan at or below the cheapest route's cost means every request takes it, and steps stop reading the
+    large model's weights: a different regime, not a small move, so the band must not hold the mix above it."""
+    ctl = LoadController(SLOConfig(tpot_ms=200.0, dwell_s=1.0, min_cost=0.4), cheapest_cost=0.6)
+    assert ctl.update(_signal(442.7), 0.0) == pytest.approx(0.85 / (0.003 * 442.7))  # a mix at 0.640
+    # demand 8% higher: the plan, 0.590, is within the 0.05 band of 0.640 but below the cheapest route's cost
+    assert ctl.update(_signal(480.0), 5.0) == pytest.approx(0.85 / (0.003 * 480.0))
+    assert ctl.update(_signal(470.0), 6.0) == pytest.approx(0.85 / (0.003 * 480.0))  # back up: the band holds
+
+
 def test_controller_corrects_an_optimistic_plan_with_latency_feedback():
     ctl = LoadController(SLOConfig(tpot_ms=200.0, dwell_s=1.0, min_cost=0.4))
     planned = 0.85 / (0.003 * 400)

@@ -113,8 +113,10 @@ class LoadController:
         elif feedback and calm and planned >= 1.0:
             self.correction = 0.0  # all-large by plan and calm: nothing left to correct (no wind-up)
         want = min(1.0, max(self.slo.min_cost, planned + self.correction))
-        # Small moves wait until they add up to more than the band, except onto the floor or back to all-large.
-        falling = want < self.target_cost - self.slo.band or self.slo.min_cost == want < self.target_cost
+        # Small moves wait until they add up to more than the band, except onto the floor, into the all-cheapest
+        # regime (a step that no longer reads both models: not a small move) or back to all-large.
+        floor = max(self.slo.min_cost, self.cheapest_cost)
+        falling = want < self.target_cost - self.slo.band or want <= floor < self.target_cost
         rising = settled and (want > self.target_cost + self.slo.band or self.target_cost < want == 1.0)
         if falling or rising:
             self.target_cost = want
