@@ -1,6 +1,7 @@
 """The continuous-batching engine: exact tokens on mixed routes, admission under a small KV budget, no leaks."""
 
 import copy
+import time
 
 import pytest
 import torch
@@ -175,15 +176,19 @@ def test_controller_is_told_when_no_request_is_the_policys_to_route(tiny_catalog
     assert seen and all(seen)
 
 
-def test_a_request_at_an_empty_engine_starts_the_controllers_feedback_afresh(tiny_catalog):
-    """The correction answers the load of the requests in the engine; once it ran empty that load has ended, so
-    the next request is routed by the plan, not by a past overload's correction. While requests run it holds."""
+def test_a_request_at_an_empty_engine_starts_the_controllers_feedback_and_demand_afresh(tiny_catalog):
+    """The correction and the demand meter answer the load of the requests in the engine; once it ran empty that
+    load has been served, so the next request is routed for its own load, not a past overload's. While requests
+    run both hold."""
     catalog, _, router, manifest = tiny_catalog
     engine = LLMEngine(catalog, EngineConfig(max_model_len=128), router, manifest["thresholds"])
     params = SamplingParams(max_tokens=3, ignore_eos=True)
-    engine.controller.correction = -0.5  # as a saturation run leaves it
+    for i in range(50):  # a burst the meter saw (as a saturation run leaves it)
+        engine.demand.arrive(time.monotonic(), 64, 128)
+    engine.controller.correction = -0.5
     engine.add_request("first", prompts(1)[0], params)
     assert engine.controller.correction == 0.0
+    assert engine.demand.tokens_per_s(time.monotonic()) == pytest.approx((len(prompts(1)[0]) + 3) / 2)  # one, 2 s
     engine.controller.correction = -0.3
     engine.add_request("second", prompts(1, seed=1)[0], params)  # "first" still waits: the load goes on
     assert engine.controller.correction == -0.3

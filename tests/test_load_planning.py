@@ -1,5 +1,7 @@
 """The load controller's plan: step-time fit, demand meter, and the cost they afford under a simulated load."""
 
+import dataclasses
+
 import pytest
 
 from stitchllm.engine.demand import DemandMeter
@@ -26,8 +28,8 @@ def test_step_time_model_with_identical_steps_charges_per_token():
     assert model.fit() == (0.0, pytest.approx(0.005))
 
 
-def test_demand_meter_rate_and_learned_output_length():
-    meter = DemandMeter(window_s=10.0)
+def test_demand_meter_learns_output_length():
+    meter = DemandMeter(window_s=10.0, hold_s=10.0)
     assert meter.tokens_per_s(0.0) == 0.0
     for i in range(40):  # 2 requests/s of 64 prompt tokens, max_tokens 128: 384 tokens/s expected
         meter.arrive(i * 0.5, 64, 128)
@@ -38,6 +40,27 @@ def test_demand_meter_rate_and_learned_output_length():
         meter.arrive(i * 0.5, 64, 128)
     assert meter.tokens_per_s(39.5) == pytest.approx(192, rel=0.06)
     assert meter.expected_output(16) == 16  # never more than the request allows
+
+
+def test_demand_meter_shows_a_rise_at_once_and_a_fall_once_it_has_lasted():
+    meter = DemandMeter(window_s=10.0, hold_s=30.0)
+    arrivals = [i * 0.5 for i in range(80)]  # 2 requests/s for 40 s (192 tokens each: 384 tokens/s)
+    arrivals += [40 + i * 0.25 for i in range(40)]  # 4 requests/s for 10 s
+    arrivals += [50.0 + i for i in range(31)]  # 1 request/s for 30 s
+    for t in arrivals:
+        meter.arrive(t, 64, 128)
+        if t == 39.5:
+            assert meter.tokens_per_s(t) == pytest.approx(384, rel=0.06)
+        if t == 49.75:  # the rise, in the 10 s window
+            assert meter.tokens_per_s(t) == pytest.approx(768, rel=0.06)
+        if t == 60.0:  # the fall is 10 s old: the 30 s window still holds the busier 20 s before it
+            assert meter.tokens_per_s(t) == pytest.approx((20 + 40 + 11) * 192 / 30)
+        if t == 80.0:  # and shows once it has lasted 30 s
+            assert meter.tokens_per_s(t) == pytest.approx(192, rel=0.1)
+    meter.forget_arrivals()  # the engine ran empty: what arrived has been served
+    assert meter.tokens_per_s(81.0) == 0.0
+    meter.arrive(90.0, 64, 128)
+    assert meter.tokens_per_s(91.0) == pytest.approx(192 / 2)  # a young meter divides by at least 2 s
 
 
 def _signal(demand: float, pressure: float = 0.0, steerable: bool = True) -> LoadSignal:
@@ -117,6 +140,19 @@ def test_controller_gives_back_quality_a_pessimistic_plan_withheld_once_calm_for
     assert costs[:4] == [pytest.approx(planned)] * 2 + [pytest.approx(planned + 0.1), pytest.approx(planned + 0.2)]
     assert costs[-1] == 1.0 and ctl.correction == pytest.approx(0.3)  # up to all-large, and no further wind-up
     assert ctl.update(_signal(400.0, pressure=0.8), 7.0) == 1.0  # inside the band: hold
+
+
+def test_controller_calm_lasts_at_least_a_request_lifetime_before_quality_goes_beyond_the_plan():
+    """While the batch fills after a cut in cost (one request lifetime), latency is low because the batch is not
+    full yet, not because the plan is pessimistic: raising cost on it would overload the engine a lifetime later."""
+    ctl = LoadController(SLOConfig(tpot_ms=200.0, dwell_s=1.0, min_cost=0.4, calm_s=3.0))
+    planned = 0.85 / (0.003 * 400)
+
+    def update(t: float) -> float:
+        return ctl.update(dataclasses.replace(_signal(400.0, pressure=0.3), request_life_s=20.0), t)
+
+    assert [update(float(t)) for t in range(20)] == [pytest.approx(planned)] * 20
+    assert update(20.0) == pytest.approx(planned + 0.1)
 
 
 def test_controller_feedback_holds_while_every_request_is_pinned():

@@ -1,4 +1,4 @@
-"""DemandMeter: the work arriving at the engine, in tokens per second, over a sliding window."""
+"""DemandMeter: the work arriving at the engine, in tokens per second, over sliding windows."""
 
 from __future__ import annotations
 
@@ -9,10 +9,15 @@ class DemandMeter:
     """Each arrival brings its prompt plus the output it is expected to generate. The output length is not known
     at arrival: it is estimated as the mean output of recently finished requests, capped by the request's own
     max_tokens (before anything has finished, max_tokens itself: an upper bound, so the estimate errs towards
-    shedding load)."""
+    shedding load).
 
-    def __init__(self, window_s: float = 10.0, min_span_s: float = 2.0):
-        self.window_s, self.min_span_s = window_s, min_span_s
+    The rate is the larger of two windows': a rise shows within `window_s`, a fall only once it has lasted
+    `hold_s`. Poisson arrivals over 10 s read 20% under their rate now and then, and the plan must not give the
+    large model back on such a dip: the requests it would admit live for tens of seconds, long after it ended.
+    """
+
+    def __init__(self, window_s: float = 10.0, hold_s: float = 30.0, min_span_s: float = 2.0):
+        self.window_s, self.hold_s, self.min_span_s = window_s, max(hold_s, window_s), min_span_s
         self._arrivals: deque[tuple[float, int]] = deque()  # (time, expected tokens)
         self._outputs: deque[int] = deque(maxlen=64)  # output lengths of recently finished requests
         self._first: float | None = None
@@ -29,12 +34,21 @@ class DemandMeter:
     def finished(self, output_tokens: int) -> None:
         self._outputs.append(output_tokens)
 
+    def forget_arrivals(self) -> None:
+        """The engine ran empty: the load those arrivals made has been served, and holding it for `hold_s` would
+        route the next light traffic to cheaper routes. (Learned output lengths stay: they describe requests.)"""
+        self._arrivals.clear()
+        self._first = None
+
     def tokens_per_s(self, now: float) -> float:
-        while self._arrivals and self._arrivals[0][0] < now - self.window_s:
+        while self._arrivals and self._arrivals[0][0] < now - self.hold_s:
             self._arrivals.popleft()
         if self._first is None:
             return 0.0
+        return max(self._rate(now, self.window_s), self._rate(now, self.hold_s))
+
+    def _rate(self, now: float, window_s: float) -> float:
         # A young meter divides by the time it has watched (at least min_span_s, so one early burst is not
         # read as a rate of thousands per second).
-        span = min(self.window_s, max(self.min_span_s, now - self._first))
-        return sum(tokens for _, tokens in self._arrivals) / span
+        span = min(window_s, max(self.min_span_s, now - self._first))
+        return sum(tokens for t, tokens in self._arrivals if t >= now - window_s) / span

@@ -97,8 +97,9 @@ class LLMEngine:
             route = self.route_names[int(self.policy.choose(self._batch(None), self._knob()))]
         r = Request(request_id, list(prompt_ids), params, route=route, pinned=route is not None)
         self.requests[request_id] = r
-        if not self.has_unfinished():  # the engine ran empty: whatever load the correction answered has ended
+        if not self.has_unfinished():  # the engine ran empty: whatever load was measured has been served
             self.controller.forget_feedback()
+            self.demand.forget_arrivals()
         room = self.config.max_model_len - len(prompt_ids)
         self.demand.arrive(time.monotonic(), len(prompt_ids), min(params.max_tokens, room))
         self.scheduler.add(r)
@@ -212,11 +213,20 @@ class LLMEngine:
         if self.config.policy != ADAPTIVE:
             return
         per_read, per_token = self.step_time.fit()
-        signal = LoadSignal(len(self.scheduler.waiting), self.recent_ttft.p90(now), self.recent_tpot.p90(now),
+        tpot_p90 = self.recent_tpot.p90(now)
+        signal = LoadSignal(len(self.scheduler.waiting), self.recent_ttft.p90(now), tpot_p90,
                             max(self.demand.tokens_per_s(now), self._backlog_tok_s()), per_token,
                             per_read, per_read * self.reads_mixed, per_read * self.reads_cheapest,
-                            steerable=self._has_unpinned())
+                            steerable=self._has_unpinned(), request_life_s=self._request_life_s(tpot_p90))
         self.controller.update(signal, now)
+
+    def _request_life_s(self, tpot_p90_ms: float) -> float:
+        """How long the running requests stay in the engine at the current TPOT: their mean expected output."""
+        running = self.scheduler.running
+        if not running:
+            return 0.0
+        output = sum(self.demand.expected_output(r.params.max_tokens) for r in running) / len(running)
+        return output * tpot_p90_ms / 1000
 
     def _has_unpinned(self) -> bool:
         """Whether any request in the engine is the policy's to route (the controller's feedback needs one)."""

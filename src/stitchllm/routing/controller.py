@@ -19,7 +19,8 @@ class SLOConfig:
     min_cost: float = 0.4  # never cheaper than this on average
     dwell_s: float = 2.0  # least time between two adjustments (shedding when demand jumps does not wait)
     calm_s: float = 10.0  # the feedback gives quality beyond the plan only after pressure stayed below `low` this
-    # long: latency lags a cut in cost by the time the batch takes to fill (requests live tens of seconds)
+    # long, and at least a request's lifetime (LoadSignal.request_life_s): latency lags a cut in cost by the time
+    # the batch takes to fill, one lifetime; before that, low latency only says the batch is not full yet
     plan_tpot: float = 0.7  # plan for a step time of this fraction of the TPOT target
     max_utilisation: float = 0.85  # and never for more of the engine's time than this (Poisson bursts queue)
 
@@ -38,6 +39,7 @@ class LoadSignal:
     overhead_mixed_s: float = 0.0  # ... when routes mix (both models' weights are read every step)
     overhead_cheapest_s: float = 0.0  # ... when every request takes the cheapest route
     steerable: bool = True  # some request in the engine has its route chosen by the policy (not pinned)
+    request_life_s: float = 0.0  # how long a request now stays in the engine (expected output x TPOT)
 
 
 class LoadController:
@@ -98,7 +100,8 @@ class LoadController:
         p, planned = self.pressure(signal), self.planned_cost(signal)
         calm_now = p < self.slo.low and signal.steerable
         self._calm_since = (now if self._calm_since is None else self._calm_since) if calm_now else None
-        calm = self._calm_since is not None and now - self._calm_since >= self.slo.calm_s
+        calm_for = max(self.slo.calm_s, signal.request_life_s)
+        calm = self._calm_since is not None and now - self._calm_since >= calm_for
         # Feedback waits a dwell after every move, and skips the observation in which the plan itself falls:
         # latency lags a rise in demand, so "latency is low" then says nothing about the new plan.
         plan_falls = planned + self.correction < self.target_cost - self.slo.band
