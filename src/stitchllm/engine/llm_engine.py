@@ -221,7 +221,7 @@ class LLMEngine:
         self.controller.update(signal, now)
 
     def _request_life_s(self, tpot_p90_ms: float) -> float:
-        """How long the running requests stay in the engine at the current TPOT: their mean expected output."""
+        """How long the running requests stay in the engine: their mean expected output x the TPOT p90."""
         running = self.scheduler.running
         if not running:
             return 0.0
