@@ -163,8 +163,9 @@ def test_controller_is_told_when_no_request_is_the_policys_to_route(tiny_catalog
     controller's feedback must know, or their latency winds it up or down for the next unpinned requests."""
     catalog, _, router, manifest = tiny_catalog
     engine = LLMEngine(catalog, EngineConfig(max_model_len=128), router, manifest["thresholds"])
-    seen = []
-    monkeypatch.setattr(engine.controller, "update", lambda signal, now: seen.append(signal.steerable))
+    seen, signals = [], []
+    monkeypatch.setattr(engine.controller, "update",
+                        lambda signal, now: (seen.append(signal.steerable), signals.append(signal)))
     params = SamplingParams(max_tokens=3, ignore_eos=True)
     engine.add_request("pinned", prompts(1)[0], params, route="small")
     run_to_completion(engine)
@@ -174,6 +175,9 @@ def test_controller_is_told_when_no_request_is_the_policys_to_route(tiny_catalog
     engine.add_request("auto", prompts(1, seed=2)[0], params)
     run_to_completion(engine)
     assert seen and all(seen)
+    # and how long a request now lives: 3 expected output tokens x the TPOT p90 (0 before a TPOT sample exists)
+    assert all(s.request_life_s == pytest.approx(3 * s.tpot_p90_ms / 1000) for s in signals)
+    assert any(s.request_life_s > 0 for s in signals)
 
 
 def test_a_request_at_an_empty_engine_starts_the_controllers_feedback_and_demand_afresh(tiny_catalog):
