@@ -135,11 +135,13 @@ def test_controller_gives_back_quality_a_pessimistic_plan_withheld_once_calm_for
     planned = 0.85 / (0.003 * 400)
     assert ctl.update(_signal(400.0), 0.0) == pytest.approx(planned)
     # latency far below target at the planned cost: the engine is faster than the plan thinks, so step up, but
-    # only once it has stayed low for calm_s (latency lags a cut in cost while the batch fills)
-    costs = [ctl.update(_signal(400.0, pressure=0.3), t) for t in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)]
-    assert costs[:4] == [pytest.approx(planned)] * 2 + [pytest.approx(planned + 0.1), pytest.approx(planned + 0.2)]
+    # only once it has stayed low for calm_s (latency lags a cut in cost while the batch fills), and after each
+    # step only once it has stayed low for calm_s again (the step's own requests take that long to show)
+    costs = [ctl.update(_signal(400.0, pressure=0.3), float(t)) for t in range(1, 12)]
+    steps = [0.0] * 2 + [0.1] * 3 + [0.2] * 3
+    assert costs[:8] == [pytest.approx(planned + step) for step in steps]
     assert costs[-1] == 1.0 and ctl.correction == pytest.approx(0.3)  # up to all-large, and no further wind-up
-    assert ctl.update(_signal(400.0, pressure=0.8), 7.0) == 1.0  # inside the band: hold
+    assert ctl.update(_signal(400.0, pressure=0.8), 12.0) == 1.0  # inside the band: hold
 
 
 def test_controller_calm_lasts_at_least_a_request_lifetime_before_quality_goes_beyond_the_plan():

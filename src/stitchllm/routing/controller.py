@@ -112,6 +112,8 @@ class LoadController:
         if feedback and p > self.slo.high and planned + self.correction > self.slo.min_cost:
             self.correction = round(self.correction - self.slo.step, 9)
         elif feedback and may_rise and planned + self.correction < 1.0:
+            if self.correction >= 0:  # a step beyond the plan shows in latency a lifetime later: see calm anew
+                self._calm_since = now
             self.correction = round(self.correction + self.slo.step, 9)
         elif feedback and calm and planned >= 1.0:
             self.correction = 0.0  # all-large by plan and calm: nothing left to correct (no wind-up)
