@@ -17,7 +17,7 @@ def test_bench_smoke_prints_valid_json(tiny_catalog, tiny_parent_dir, tiny_sibli
         [sys.executable, "-m", "stitchllm.cli", "bench", "--model", str(tiny_parent_dir), "--small",
          str(tiny_sibling[0]), "--stitches", str(stitch_dir), "--policies", "large,random,auto", "--rates", "4",
          "--duration", "2", "--saturation-duration", "2", "--prompt-tokens", "16", "--output-tokens", "4",
-         "--concurrency", "4", "--peer-batch", "4",
+         "--concurrency", "4", "--peer-batch", "4", "--matmul-dtype", "bfloat16",
          "--text", str(text), "--json"], capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
@@ -28,8 +28,11 @@ def test_bench_smoke_prints_valid_json(tiny_catalog, tiny_parent_dir, tiny_sibli
     assert large["requests"] > 0 and large["throughput_tok_s"] > 0 and 0.0 <= large["slo_attainment"] <= 1.0
     assert large["goodput_rps"] == pytest.approx(large["slo_attainment"] * large["requests"] / 2.0)  # --duration 2
     assert report["saturation_quality"]["large"]["top1"] == 1.0
-    (peer,) = report["peers"]  # no GGUF for a tiny model: transformers only
-    assert peer["system"] == "transformers generate (batch 4)" and peer["throughput_tok_s"] > 0
+    assert report["config"]["matmul_dtype"] == "bfloat16"
+    # no GGUF for a tiny model: transformers only, in fp32 and (like the engine) bf16
+    assert [p["system"] for p in report["peers"]] == ["transformers generate (batch 4, fp32)",
+                                                       "transformers generate (batch 4, bf16)"]
+    assert all(p["throughput_tok_s"] > 0 for p in report["peers"])
 
 
 def _router_home(tiny_catalog):

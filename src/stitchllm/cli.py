@@ -17,6 +17,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Serve a fami
 ModelOpt = Annotated[str, typer.Option("--model", help="Large model: 'default' (embedded SmolLM2), HF dir, .gguf or hub id.")]
 SmallOpt = Annotated[Optional[str], typer.Option("--small", help="Small model dir (default: the derived sibling).")]
 StitchesOpt = Annotated[Optional[str], typer.Option("--stitches", help="Stitch dir (default: the family's cache).")]
+MatmulDtypeOpt = Annotated[str, typer.Option(
+    "--matmul-dtype", help="auto | float32 | bfloat16: the precision of every linear layer; auto takes bfloat16 where "
+                           "the CPU has native bf16 dot products (~1.9x faster matmuls), float32 elsewhere.")]
 
 
 def _quiet_libraries() -> None:
@@ -346,6 +349,7 @@ def serve(
     slo_ttft_ms: Annotated[float, typer.Option(help="TTFT target for the load controller.")] = 2000.0,
     slo_tpot_ms: Annotated[float, typer.Option(help="Time-per-output-token target for the load controller.")] = 200.0,
     api_key: Annotated[Optional[str], typer.Option(envvar="STITCHLLM_API_KEY", help="Require this bearer key on /v1.")] = None,
+    matmul_dtype: MatmulDtypeOpt = "auto",
     model: ModelOpt = "default",
     small: SmallOpt = None,
     stitches: StitchesOpt = None,
@@ -361,11 +365,12 @@ def serve(
 
     config = EngineConfig(max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                           max_num_batched_tokens=max_num_batched_tokens, kv_budget_mb=kv_budget_mb, policy=policy,
-                          slo=SLOConfig(ttft_ms=slo_ttft_ms, tpot_ms=slo_tpot_ms))
+                          slo=SLOConfig(ttft_ms=slo_ttft_ms, tpot_ms=slo_tpot_ms), matmul_dtype=matmul_dtype)
     engine = AsyncEngine.build(lambda: build_engine(config, model, small, stitches))  # tensors on its thread only
     llm = engine.engine
     app = create_app(engine, llm.catalog.family.tokenizer, api_key)
-    print(f"serving routes {', '.join(llm.route_names)} (policy {policy}) on http://{host}:{port}", flush=True)
+    print(f"serving routes {', '.join(llm.route_names)} (policy {policy}, {llm.matmul_dtype} matmuls) "
+          f"on http://{host}:{port}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
 
 
@@ -429,6 +434,7 @@ def bench(
              "policies are then its models (auto, large, small, routes); --model/--small/--stitches name the "
              "family its quality is scored with.")] = None,
     api_key: Annotated[Optional[str], typer.Option(envvar="STITCHLLM_API_KEY", help="Bearer key for --url.")] = None,
+    matmul_dtype: MatmulDtypeOpt = "auto",
 ) -> None:
     """Throughput, latency, goodput and served quality of each policy, Poisson load and saturation, one run."""
     import torch
@@ -458,7 +464,7 @@ def bench(
                       saturation_duration=saturation_duration,
                       prompt_tokens=prompt_tokens, output_tokens=output_tokens, concurrency=concurrency,
                       peer_batch=peer_batch, slo_ttft_ms=slo_ttft, slo_tpot_ms=slo_tpot,
-                      num_requests=min(256, max(8, len(ids) // 100)), peers=peers)
+                      num_requests=min(256, max(8, len(ids) // 100)), peers=peers, matmul_dtype=matmul_dtype)
     report = run_bench(catalog, stitch_dir, ids, cfg, embedded_gguf_path() if model == "default" else None, target)
     if plot:
         from stitchllm.eval.plots import plot_bench

@@ -16,11 +16,12 @@ from stitchllm.bench.workload import BenchRequest
 
 @torch.inference_mode()
 def transformers_generate(model_dir: Path, requests: list[BenchRequest], batch: int, output_tokens: int,
-                          duration: float) -> dict:
-    """Static batches of `batch` prompts through `AutoModelForCausalLM.generate` until `duration` has passed."""
+                          duration: float, dtype: torch.dtype = torch.float32) -> dict:
+    """Static batches of `batch` prompts through `AutoModelForCausalLM.generate` until `duration` has passed, the
+    whole model in `dtype` (transformers has no mixed mode: a bf16 model keeps its activations in bf16 too)."""
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
     prompts = [r.prompt for r in requests]
     hf.generate(torch.tensor(prompts[:2]), max_new_tokens=2, do_sample=False, pad_token_id=0)  # warm-up
     tokens, sent, start = 0, 0, time.perf_counter()
@@ -31,7 +32,8 @@ def transformers_generate(model_dir: Path, requests: list[BenchRequest], batch: 
         tokens += (out.shape[1] - ids.shape[1]) * batch
         sent += batch
     wall = time.perf_counter() - start
-    return {"system": f"transformers generate (batch {batch})", "throughput_tok_s": tokens / wall,
+    name = {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
+    return {"system": f"transformers generate (batch {batch}, {name})", "throughput_tok_s": tokens / wall,
             "requests": sent, "wall_s": round(wall, 2)}
 
 

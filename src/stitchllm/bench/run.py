@@ -15,6 +15,7 @@ from stitchllm.bench.report import summarize
 from stitchllm.bench.workload import make_requests, poisson_arrivals
 from stitchllm.engine.build import engine_from_catalog
 from stitchllm.engine.config import EngineConfig
+from stitchllm.models.linear import resolve_matmul_dtype
 from stitchllm.routing.catalog import RouteCatalog
 from stitchllm.routing.controller import SLOConfig
 from stitchllm.paths import stitchllm_home
@@ -44,6 +45,7 @@ class BenchConfig:
     seed: int = 0
     peers: bool = True  # also measure transformers `generate` (and llama.cpp when installed) on the same prompts
     sweep: bool = False  # rates from the saturation run instead of `rates` (see sweep_rates)
+    matmul_dtype: str = "float32"  # precision of the engine's linears (and of the quality labels and peers)
 
 
 class EngineTarget:
@@ -57,7 +59,8 @@ class EngineTarget:
         config = EngineConfig(max_model_len=cfg.prompt_tokens + cfg.output_tokens + 8, max_num_seqs=cfg.concurrency,
                               max_num_batched_tokens=max(512, cfg.prompt_tokens),
                               policy=POLICY_ALIASES.get(policy, policy), static_cost=cfg.static_cost,
-                              slo=SLOConfig(ttft_ms=cfg.slo_ttft_ms, tpot_ms=cfg.slo_tpot_ms, dwell_s=1.0))
+                              slo=SLOConfig(ttft_ms=cfg.slo_ttft_ms, tpot_ms=cfg.slo_tpot_ms, dwell_s=1.0),
+                              matmul_dtype=cfg.matmul_dtype)
         return engine_from_catalog(self.catalog, self.stitch_dir, config)
 
     def open_loop(self, policy: str, requests, arrivals: list[float], output_tokens: int):
@@ -68,8 +71,11 @@ class EngineTarget:
 
 
 def _peers(catalog: RouteCatalog, requests, gguf: Path | None, cfg: BenchConfig) -> list[dict]:
+    """transformers in fp32 and, when the engine's matmuls are bf16, in bf16 too (like for like: the engine's
+    speed-up over it is then measured at the same precision as well as against the fp32 baseline)."""
+    dtypes = dict.fromkeys([torch.float32, resolve_matmul_dtype(cfg.matmul_dtype)])
     rows = [transformers_generate(catalog.family.large_dir, requests, cfg.peer_batch, cfg.output_tokens,
-                                  cfg.saturation_duration)]
+                                  cfg.saturation_duration, dtype) for dtype in dtypes]
     if gguf is not None:
         row = llama_cpp_single_stream(gguf, requests, cfg.output_tokens, cfg.saturation_duration,
                                       torch.get_num_threads())
@@ -77,11 +83,16 @@ def _peers(catalog: RouteCatalog, requests, gguf: Path | None, cfg: BenchConfig)
     return rows
 
 
-def quality_labels(catalog: RouteCatalog, stitch_dir, requests, prompt_tokens: int) -> RouterDataset:
+def quality_labels(catalog: RouteCatalog, stitch_dir, requests, prompt_tokens: int,
+                   matmul_dtype: str = "float32") -> RouterDataset:
     """Every route's top-1 agreement and NLL on each request's true continuation (teacher-forced), cached per
-    family, stitches and requests: the quality a policy served is then looked up by the route each request took."""
+    family, stitches, requests and matmul precision (the one the engine serves in, so the labels score what it
+    served): the quality a policy served is then looked up by the route each request took."""
+    dtype = resolve_matmul_dtype(matmul_dtype)
+    catalog.set_matmul_dtype(dtype)
     key = json.dumps([catalog.family.fingerprint(), stitches_fingerprint(stitch_dir) if stitch_dir else None,
-                      [r.prompt + r.continuation for r in requests], prompt_tokens])
+                      [r.prompt + r.continuation for r in requests], prompt_tokens]
+                     + ([str(dtype)] if dtype != torch.float32 else []))  # fp32 keeps the labels cached before
     path = stitchllm_home() / "bench" / f"labels-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
     if path.is_file():
         return RouterDataset(**torch.load(path))
@@ -106,7 +117,7 @@ def run_bench(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: Be
     `gguf` is the large model's GGUF file when there is one (llama.cpp's input)."""
     target = target or EngineTarget(catalog, stitch_dir, cfg)
     requests = make_requests(text_ids, cfg.num_requests, cfg.prompt_tokens, cfg.output_tokens)
-    quality = quality_labels(catalog, stitch_dir, requests, cfg.prompt_tokens)
+    quality = quality_labels(catalog, stitch_dir, requests, cfg.prompt_tokens, cfg.matmul_dtype)
 
     def saturate() -> list[dict]:
         rows = []
@@ -138,4 +149,5 @@ def run_bench(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: Be
                 "saturation_duration": cfg.saturation_duration,
                 "prompt_tokens": cfg.prompt_tokens, "output_tokens": cfg.output_tokens,
                 "concurrency": cfg.concurrency, "peer_batch": cfg.peer_batch, "slo_ttft_ms": cfg.slo_ttft_ms,
-                "slo_tpot_ms": cfg.slo_tpot_ms, "server": getattr(target, "url", None)}}
+                "slo_tpot_ms": cfg.slo_tpot_ms, "server": getattr(target, "url", None),
+                "matmul_dtype": str(resolve_matmul_dtype(cfg.matmul_dtype)).removeprefix("torch.")}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from stitchllm.errors import StitchError
+from stitchllm.models.linear import resolve_matmul_dtype
 from stitchllm.routing.controller import SLOConfig
 
 
@@ -20,11 +21,15 @@ class EngineConfig:
     static_cost: float = 0.7  # target average cost for the non-adaptive policies (router, random, whole-model)
     slo: SLOConfig = field(default_factory=SLOConfig)
     seed: int = 0
+    # the precision of every linear (models/linear.py): "float32" (exact), "bfloat16" (~1.9x faster matmuls on
+    # CPUs with native bf16 dot products, ~100x slower on others), or "auto" (bf16 exactly where it is native)
+    matmul_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.max_model_len < 2:
             raise StitchError("max_model_len must be at least 2")
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
             raise StitchError("max_num_seqs and max_num_batched_tokens must be positive")
+        resolve_matmul_dtype(self.matmul_dtype)  # a one-line error for an unknown name
         if self.kv_budget_mb is not None and self.kv_budget_mb <= 0:
             raise StitchError("kv_budget_mb must be positive")

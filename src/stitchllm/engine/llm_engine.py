@@ -20,6 +20,7 @@ from stitchllm.engine.warmup import profile_step_time
 from stitchllm.engine.work import WorkItem
 from stitchllm.errors import StitchError
 from stitchllm.models.kv_cache import KVCache
+from stitchllm.models.linear import resolve_matmul_dtype
 from stitchllm.routing.catalog import RouteCatalog
 from stitchllm.routing.controller import LoadController, LoadSignal
 from stitchllm.routing.dataset import shared_blocks
@@ -48,6 +49,9 @@ class LLMEngine:
     def __init__(self, catalog: RouteCatalog, config: EngineConfig, router: RouterMLP | None = None,
                  thresholds: dict[str, list[list[float]]] | None = None):
         self.catalog, self.config = catalog, config
+        matmul_dtype = resolve_matmul_dtype(config.matmul_dtype)
+        catalog.set_matmul_dtype(matmul_dtype)
+        self.matmul_dtype = str(matmul_dtype).removeprefix("torch.")
         self.route_names = [r.name for r in catalog.routes]
         self.costs = [catalog.relative_cost(r) for r in catalog.routes]
         needs_router = config.policy in (ADAPTIVE, "router", "whole-model")

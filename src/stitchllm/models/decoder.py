@@ -9,7 +9,7 @@ from stitchllm.models.batch import ForwardBatch
 from stitchllm.models.block import DecoderBlock, RMSNorm
 from stitchllm.models.config import ModelConfig
 from stitchllm.models.kv_cache import KVCache
-from stitchllm.models.linear import Linear
+from stitchllm.models.linear import Linear, pack_linears
 from stitchllm.models.rope import RotaryTable
 
 
@@ -67,11 +67,10 @@ class DecoderModel(nn.Module):
         p = self.embed_tokens.weight
         return KVCache(self.config, num_slots, max_len, first, end, dtype=p.dtype, device=p.device)
 
-    def prepack(self) -> "DecoderModel":
-        """Pre-pack every linear weight for fast CPU inference (see models/linear.py); returns self."""
-        for module in self.modules():
-            if isinstance(module, Linear):
-                module.pack()
+    def prepack(self, matmul_dtype: torch.dtype = torch.float32) -> "DecoderModel":
+        """Pre-pack every linear weight for fast CPU inference, its matmuls in `matmul_dtype` (see
+        models/linear.py); returns self."""
+        pack_linears(self, matmul_dtype)
         return self
 
     @property

@@ -6,9 +6,12 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import torch
+
 from stitchllm.errors import StitchError
 from stitchllm.family.family import Family, load_family
 from stitchllm.models.config import ModelConfig
+from stitchllm.models.linear import pack_linears
 from stitchllm.routing.executor import RouteExecutor
 from stitchllm.routing.route import Route, large_route, small_route, stitched_route
 from stitchllm.stitch.layer import StitchLayer
@@ -29,6 +32,12 @@ class RouteCatalog:
     @cached_property
     def executor(self) -> RouteExecutor:
         return RouteExecutor(self.family, self.stitches)
+
+    def set_matmul_dtype(self, dtype: torch.dtype) -> None:
+        """Run every linear of both models and the stitches in `dtype` from now on (fp32 or bf16; see
+        models/linear.py). Process-wide for this catalog: whatever shares it computes in the same precision."""
+        for module in (self.family.large, self.family.small, *self.stitches.values()):
+            pack_linears(module, dtype)
 
     def relative_cost(self, route: Route) -> float:
         return route.flops_per_token(self.configs) / self.route("large").flops_per_token(self.configs)
