@@ -150,3 +150,10 @@ def test_bench_rejects_rates_with_sweep():
     result = subprocess.run([sys.executable, "-m", "stitchllm.cli", "bench", "--sweep", "--rates", "1"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr == "error: use --rates or --sweep, not both\n"
+
+
+def test_bench_rejects_unknown_matmul_dtype():
+    result = subprocess.run([sys.executable, "-m", "stitchllm.cli", "bench", "--matmul-dtype", "fp16"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr == "error: unknown matmul dtype 'fp16': use auto, float32, bfloat16\n"

@@ -442,11 +442,13 @@ def bench(
     from stitchllm.bench.run import BenchConfig, run_bench
     from stitchllm.data.corpus import python_docs_text
     from stitchllm.eval.text import read_text
+    from stitchllm.models.linear import resolve_matmul_dtype
     from stitchllm.paths import embedded_gguf_path
     from stitchllm.routing.catalog import load_catalog
 
     if sweep and rates is not None:
         raise StitchError("use --rates or --sweep, not both")
+    resolve_matmul_dtype(matmul_dtype)  # an unknown name fails before any model loads
     policy_names = tuple(p.strip() for p in policies.split(",") if p.strip())
     target = None
     if url:  # fail fast, before any model loads: the server must answer and serve every policy as a model
