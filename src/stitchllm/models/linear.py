@@ -11,6 +11,7 @@ plain fp32 F.linear path.
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import torch
@@ -51,12 +52,19 @@ class Linear(nn.Linear):
     _packed_bias: torch.Tensor | None = None
     _packed_dtype: torch.dtype = torch.float32
     _packed_version: int = -1
+    _packed_from: weakref.ref | None = None  # the weight the packed copy was made from (a plain attribute would
+    # register it as a second parameter)
 
     def pack(self, dtype: torch.dtype = torch.float32) -> None:
         """Pre-pack the weight for oneDNN, computing in `dtype` (fp32 or bf16); a no-op where that does not apply
-        (GPU, weights not fp32, no oneDNN)."""
+        (GPU, weights not fp32, no oneDNN) or where this very weight, unchanged, is already packed in `dtype`
+        (every engine built on a catalog asks for its precision again)."""
         w = self.weight
+        if (self._packed is not None and self._packed_from is not None and self._packed_from() is w
+                and self._packed_version == w._version and self._packed_dtype == dtype):
+            return
         if w.device.type == "cpu" and w.dtype == torch.float32 and _onednn_available():
+            self._packed_from = weakref.ref(w)
             self._packed = torch.ops.mkldnn._reorder_linear_weight(w.detach().to(dtype), None)
             self._packed_bias = None if self.bias is None else self.bias.detach().to(dtype)
             self._packed_dtype, self._packed_version = dtype, w._version
