@@ -1,0 +1,81 @@
+"""Quality at equal throughput, repeated: policies at one offered load, several Poisson arrival seeds, interleaved.
+
+    .venv/bin/python benchmarks/equal_throughput.py [--fraction 1.25] [--seeds 4] [--duration 60]
+        [--policies random,whole-model,auto] [--output-tokens 128] [--matmul-dtype auto] [--json]
+
+`stitchllm bench` runs each rate once, with one arrival seed; near the large model's capacity one 60 s window
+decides which policy served more requests on `large` by a few percent, within the run-to-run spread. This runs
+every policy under the same arrivals for each seed (so policies that meet the SLOs serve the same throughput)
+and reports each seed and the mean: the rate is `--fraction` x what `large` sustains at saturation, measured
+first in the same run, as `bench --sweep` does. Same engine, SLOs and quality labels as `stitchllm bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+import torch
+
+from stitchllm.bench.report import summarize
+from stitchllm.bench.run import BenchConfig, EngineTarget, quality_labels
+from stitchllm.bench.workload import make_requests, poisson_arrivals
+from stitchllm.data.corpus import python_docs_text
+from stitchllm.routing.catalog import load_catalog
+from stitchllm.stitch.build import stitches_dir
+
+FIELDS = ("slo_attainment", "quality_top1", "quality_ppl", "tpot_p90_ms", "ttft_p90_ms")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--fraction", type=float, default=1.25)
+    ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--duration", type=float, default=60.0)
+    ap.add_argument("--policies", default="random,whole-model,auto")
+    ap.add_argument("--output-tokens", type=int, default=128)
+    ap.add_argument("--saturation-duration", type=float, default=40.0)
+    ap.add_argument("--matmul-dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    cfg = BenchConfig(policies=tuple(args.policies.split(",")), duration=args.duration,
+                      output_tokens=args.output_tokens, matmul_dtype=args.matmul_dtype)
+    catalog = load_catalog()
+    stitch_dir = stitches_dir(catalog.family)
+    ids = torch.tensor(catalog.family.tokenizer(python_docs_text("heldout"), add_special_tokens=False)["input_ids"])
+    requests = make_requests(ids, cfg.num_requests, cfg.prompt_tokens, cfg.output_tokens)
+    quality = quality_labels(catalog, stitch_dir, requests, cfg.prompt_tokens, cfg.matmul_dtype)
+    target = EngineTarget(catalog, stitch_dir, cfg)
+
+    def row(records, wall, window=None) -> dict:
+        return summarize(records, wall, cfg.slo_ttft_ms, cfg.slo_tpot_ms, quality, window)
+
+    capacity = row(*target.closed_loop("large", requests, cfg.concurrency, args.saturation_duration,
+                                       cfg.output_tokens))["throughput_rps"]
+    rate = round(capacity * args.fraction, 2)
+    rows = []
+    for seed in range(args.seeds):
+        arrivals = poisson_arrivals(rate, cfg.duration, seed)
+        for policy in cfg.policies:
+            s = row(*target.open_loop(policy, requests, arrivals, cfg.output_tokens), cfg.duration)
+            rows.append({"seed": seed, "policy": policy, "large_share": s["route_mix"].get("large", 0.0)}
+                        | {k: s[k] for k in FIELDS})
+            if args.json:
+                print(json.dumps(rows[-1]), flush=True)
+    means = {p: {k: statistics.fmean(r[k] for r in rows if r["policy"] == p) for k in ("large_share",) + FIELDS}
+             for p in cfg.policies}
+    if args.json:
+        print(json.dumps({"large_capacity_rps": capacity, "rate": rate, "rows": rows, "mean": means}))
+        return
+    print(f"`large` sustains {capacity:.2f} req/s at saturation; offered {rate} req/s ({args.fraction}x), "
+          f"{args.seeds} arrival seeds x {cfg.duration:.0f} s")
+    print("| seed | policy | SLO met | top-1 | ppl | on `large` | TPOT p90 (ms) | TTFT p90 (ms) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows + [{"seed": "mean", "policy": p} | m for p, m in means.items()]:
+        print(f"| {r['seed']} | {r['policy']} | {r['slo_attainment']:.1%} | {r['quality_top1']:.3f} | "
+              f"{r['quality_ppl']:.1f} | {r['large_share']:.1%} | {r['tpot_p90_ms']:.0f} | {r['ttft_p90_ms']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
