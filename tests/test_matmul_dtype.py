@@ -31,8 +31,9 @@ def test_bf16_matmuls_track_fp32_on_smollm2(smollm2):
         model.prepack(torch.float32)
     assert bf16.dtype == torch.float32  # activations stay fp32 between linears
     ppl32, ppl16 = (math.exp(F.cross_entropy(lg[:-1], ids[1:])) for lg in (fp32, bf16))
-    assert abs(ppl16 / ppl32 - 1) < 0.01  # measured on the whole held-out text: +0.10%
-    assert (bf16.argmax(-1) == fp32.argmax(-1)).float().mean() > 0.95  # measured: 0.98
+    assert abs(ppl16 / ppl32 - 1) < 0.01  # measured on the whole held-out text: +0.03%
+    agree = (bf16.argmax(-1) == fp32.argmax(-1)).float().mean()
+    assert agree > 0.985, agree  # measured: 0.994 (0.98 when the head ran in bf16 too)
     assert not torch.equal(bf16, fp32) and torch.equal(again, fp32)  # packing back to fp32 is exact
 
 
@@ -44,7 +45,9 @@ def test_engine_serves_bf16_matmuls_like_the_runtime(tiny_catalog):
     try:
         engine = LLMEngine(catalog, EngineConfig(max_model_len=64, policy="fixed:large", matmul_dtype="bfloat16"),
                            router, manifest["thresholds"])
-        assert engine.matmul_dtype == "bfloat16" and catalog.family.large.lm_head._packed.dtype == torch.bfloat16
+        large = catalog.family.large
+        assert engine.matmul_dtype == "bfloat16" and large.blocks[0].down._packed.dtype == torch.bfloat16
+        assert large.lm_head._packed.dtype == torch.float32  # the head stays fp32 (DecoderModel.prepack)
         for i in range(4):
             engine.add_request(f"r{i}", prompt[i:], params)
         served = {}

@@ -92,7 +92,8 @@ def quality_labels(catalog: RouteCatalog, stitch_dir, requests, prompt_tokens: i
     catalog.set_matmul_dtype(dtype)
     key = json.dumps([catalog.family.fingerprint(), stitches_fingerprint(stitch_dir) if stitch_dir else None,
                       [r.prompt + r.continuation for r in requests], prompt_tokens]
-                     + ([str(dtype)] if dtype != torch.float32 else []))  # fp32 keeps the labels cached before
+                     + ([str(dtype), "lm_head float32"] if dtype != torch.float32 else []))  # fp32 keeps the labels
+    # cached before; bf16 labels are keyed by the head's precision too (bf16 until session 14)
     path = stitchllm_home() / "bench" / f"labels-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
     if path.is_file():
         return RouterDataset(**torch.load(path))

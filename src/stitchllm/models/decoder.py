@@ -69,8 +69,14 @@ class DecoderModel(nn.Module):
 
     def prepack(self, matmul_dtype: torch.dtype = torch.float32) -> "DecoderModel":
         """Pre-pack every linear weight for fast CPU inference, its matmuls in `matmul_dtype` (see
-        models/linear.py); returns self."""
+        models/linear.py), except the LM head's, which stays fp32; returns self.
+
+        Why the head stays fp32: rounding the final hidden state and the vocabulary matrix to bf16 moves logits by
+        enough to swap near-tied tokens. On the default family, bf16 heads made 2.0-3.4% of every route's greedy
+        tokens differ from fp32, an fp32 head 0.6-1.0% (benchmarks/matmul_precision.py), for ~4% of `large`'s
+        step time and ~11% of `small`'s (docs/BENCHMARKS.md, session 14)."""
         pack_linears(self, matmul_dtype)
+        self.lm_head.pack(torch.float32)
         return self
 
     @property

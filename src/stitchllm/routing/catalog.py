@@ -35,9 +35,11 @@ class RouteCatalog:
 
     def set_matmul_dtype(self, dtype: torch.dtype) -> None:
         """Run every linear of both models and the stitches in `dtype` from now on (fp32 or bf16; see
-        models/linear.py). Process-wide for this catalog: whatever shares it computes in the same precision."""
-        for module in (self.family.large, self.family.small, *self.stitches.values()):
-            pack_linears(module, dtype)
+        models/linear.py), the LM heads always in fp32 (DecoderModel.prepack). Process-wide for this catalog: whatever shares it computes in the same precision."""
+        for model in (self.family.large, self.family.small):
+            model.prepack(dtype)
+        for stitch in self.stitches.values():
+            pack_linears(stitch, dtype)
 
     def relative_cost(self, route: Route) -> float:
         return route.flops_per_token(self.configs) / self.route("large").flops_per_token(self.configs)
