@@ -75,8 +75,7 @@ class DecoderModel(nn.Module):
         enough to swap near-tied tokens. On the default family, bf16 heads made 2.0-3.4% of every route's greedy
         tokens differ from fp32, an fp32 head 0.6-1.0% (benchmarks/matmul_precision.py), for ~4% of `large`'s
         step time and ~11% of `small`'s (docs/BENCHMARKS.md, session 14)."""
-        pack_linears(self, matmul_dtype)
-        self.lm_head.pack(torch.float32)
+        pack_linears(self, matmul_dtype, keep_fp32=(self.lm_head,))
         return self
 
     @property

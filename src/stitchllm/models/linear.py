@@ -81,8 +81,9 @@ class Linear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
-def pack_linears(module: nn.Module, matmul_dtype: torch.dtype = torch.float32) -> None:
-    """(Re-)pack every Linear inside `module` to compute in `matmul_dtype`."""
+def pack_linears(module: nn.Module, matmul_dtype: torch.dtype = torch.float32,
+                 keep_fp32: tuple[nn.Module, ...] = ()) -> None:
+    """(Re-)pack every Linear inside `module` to compute in `matmul_dtype`, those in `keep_fp32` in fp32."""
     for m in module.modules():
         if isinstance(m, Linear):
-            m.pack(matmul_dtype)
+            m.pack(torch.float32 if any(m is k for k in keep_fp32) else matmul_dtype)

@@ -35,7 +35,8 @@ class RouteCatalog:
 
     def set_matmul_dtype(self, dtype: torch.dtype) -> None:
         """Run every linear of both models and the stitches in `dtype` from now on (fp32 or bf16; see
-        models/linear.py), the LM heads always in fp32 (DecoderModel.prepack). Process-wide for this catalog: whatever shares it computes in the same precision."""
+        models/linear.py), the LM heads always in fp32 (DecoderModel.prepack). Process-wide for this catalog:
+        whatever shares it computes in the same precision."""
         for model in (self.family.large, self.family.small):
             model.prepack(dtype)
         for stitch in self.stitches.values():
