@@ -90,10 +90,11 @@ def quality_labels(catalog: RouteCatalog, stitch_dir, requests, prompt_tokens: i
     served): the quality a policy served is then looked up by the route each request took."""
     dtype = resolve_matmul_dtype(matmul_dtype)
     catalog.set_matmul_dtype(dtype)
+    # fp32 keeps the key of the labels cached before precision was a choice; bf16 names the head's precision too
+    # (bf16 until session 14), so labels scored with bf16 heads are not reused
+    precision = [str(dtype), "lm_head float32"] if dtype != torch.float32 else []
     key = json.dumps([catalog.family.fingerprint(), stitches_fingerprint(stitch_dir) if stitch_dir else None,
-                      [r.prompt + r.continuation for r in requests], prompt_tokens]
-                     + ([str(dtype), "lm_head float32"] if dtype != torch.float32 else []))  # fp32 keeps the labels
-    # cached before; bf16 labels are keyed by the head's precision too (bf16 until session 14)
+                      [r.prompt + r.continuation for r in requests], prompt_tokens] + precision)
     path = stitchllm_home() / "bench" / f"labels-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
     if path.is_file():
         return RouterDataset(**torch.load(path))

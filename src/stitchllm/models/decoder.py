@@ -73,8 +73,8 @@ class DecoderModel(nn.Module):
 
         Why the head stays fp32: rounding the final hidden state and the vocabulary matrix to bf16 moves logits by
         enough to swap near-tied tokens. On the default family, bf16 heads made 2.0-3.4% of every route's greedy
-        tokens differ from fp32, an fp32 head 0.6-1.0% (benchmarks/matmul_precision.py), for ~4% of `large`'s
-        step time and ~11% of `small`'s (docs/BENCHMARKS.md, session 14)."""
+        tokens differ from fp32, an fp32 head 0.6-1.0% (benchmarks/matmul_precision.py); `large`'s throughput did not
+        show the cost (~4% of its FLOPs), `small`'s fell ~11% (docs/BENCHMARKS.md, session 14)."""
         pack_linears(self, matmul_dtype, keep_fp32=(self.lm_head,))
         return self
 
