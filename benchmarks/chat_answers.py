@@ -1,6 +1,6 @@
 """What each route answers to chat prompts: the quality the text-domain tables do not show.
 
-    .venv/bin/python benchmarks/chat_answers.py [--max-tokens 48] [--json]
+    .venv/bin/python benchmarks/chat_answers.py [--max-tokens 48] [--small DIR] [--json]
 
 The stitches, the router and the derived sibling's healing all train on plain text (the built-in corpus), and
 `docs/STITCHING.md` scores routes on plain text too. A server mostly sees chat. This asks every route of the
@@ -63,9 +63,11 @@ def score(catalog, route, prompt_ids: list[int], target: list[int]) -> tuple[tor
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--small", default=None, help="another small model (an HF directory), e.g. a sibling "
+                    "healed on chat (benchmarks/chat_healing_text.py); its stitches, when built, load with it")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    catalog = load_catalog()
+    catalog = load_catalog(small=args.small)
     tok = catalog.family.tokenizer
     eos = tok.eos_token_id
     large = catalog.route("large")
