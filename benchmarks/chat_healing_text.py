@@ -62,7 +62,7 @@ def main() -> None:
     tokenizer = load_tokenizer("default", model.config.vocab_size)
     chats = chat_transcripts(model, tokenizer, instruction_prompts(args.conversations), args.max_tokens, args.batch)
     docs = python_docs_text("train").split("\n\n")
-    # alternate a conversation and as many characters of docstrings, so both halves reach the validation tail
+    # alternate a conversation and as many characters of docstring paragraphs, so both halves reach the validation tail
     per_chat = sum(map(len, chats)) // len(chats)
     doc_iter, parts = iter(docs), []
     for chat in chats:
@@ -73,7 +73,7 @@ def main() -> None:
             taken += len(doc)
     with open(args.out, "w", encoding="utf-8") as f:
         f.write("\n\n".join(parts))
-    print(f"{len(chats)} conversations and {len(parts) - len(chats)} docstrings, {sum(map(len, parts))} characters "
+    print(f"{len(chats)} conversations and {len(parts) - len(chats)} paragraphs of docstrings, {sum(map(len, parts))} characters "
           f"-> {args.out}")
 
 
