@@ -136,8 +136,10 @@ def test_auto_routes_light_load_to_large_and_a_burst_to_the_cheapest_route(tiny_
         return [engine.requests[f"d{i}"] for i in range(n)]
 
     assert {r.route for r in serve(1, SLOConfig())} == {"large"}
-    # 64 queued requests that must all start within 1 ms: the queue alone is overload, from the first step
-    burst = serve(64, SLOConfig(ttft_ms=1.0))
+    # 64 queued requests that must all start within 1 ms and decode at 1 ms per token: overload from the first
+    # step. (The TPOT target too: this tiny model's steps are nearly all fixed time, and a startup fit that put all
+    # of it there, as one fresh-clone run's did, plans all-large for any demand under a 200 ms TPOT target.)
+    burst = serve(64, SLOConfig(ttft_ms=1.0, tpot_ms=1.0))
     assert {r.route for r in burst} == {catalog.routes[0].name}
     # the first step admits some through the router's bottom pass; once at the floor the queue skips it
     assert 0 < sum(r.bottom_done > 0 for r in burst) < 64
