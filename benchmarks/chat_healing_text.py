@@ -26,9 +26,9 @@ TEMPLATES = ["Explain this in simple words: {}", "What does this mean? {}", "Sum
              "Give an example of the following. {}", "Is this true? {}", "Rewrite this more clearly: {}"]
 
 
-def instruction_prompts(n: int) -> list[str]:
-    """n prompts, each an instruction template around the first sentence of a train-split docstring."""
-    firsts = [doc.split(". ")[0].replace("\n", " ").strip() for doc in python_docs_text("train").split("\n\n")]
+def instruction_prompts(docs: list[str], n: int) -> list[str]:
+    """n prompts, each an instruction template around the first sentence of a docstring paragraph."""
+    firsts = [doc.split(". ")[0].replace("\n", " ").strip() for doc in docs]
     firsts = [s for s in firsts if 6 <= len(s.split()) <= 40]
     step = max(1, len(firsts) // n)
     return [TEMPLATES[i % len(TEMPLATES)].format(s) for i, s in enumerate(firsts[::step][:n])]
@@ -60,9 +60,10 @@ def main() -> None:
     args = ap.parse_args()
     model = load_model("default")
     tokenizer = load_tokenizer("default", model.config.vocab_size)
-    chats = chat_transcripts(model, tokenizer, instruction_prompts(args.conversations), args.max_tokens, args.batch)
     docs = python_docs_text("train").split("\n\n")
-    # alternate a conversation and as many characters of docstring paragraphs, so both halves reach the validation tail
+    chats = chat_transcripts(model, tokenizer, instruction_prompts(docs, args.conversations), args.max_tokens,
+                             args.batch)
+    # alternate a conversation and as many characters of docstring paragraphs: both reach the validation tail
     per_chat = sum(map(len, chats)) // len(chats)
     doc_iter, parts = iter(docs), []
     for chat in chats:
@@ -73,8 +74,8 @@ def main() -> None:
             taken += len(doc)
     with open(args.out, "w", encoding="utf-8") as f:
         f.write("\n\n".join(parts))
-    print(f"{len(chats)} conversations and {len(parts) - len(chats)} paragraphs of docstrings, {sum(map(len, parts))} characters "
-          f"-> {args.out}")
+    print(f"{len(chats)} conversations and {len(parts) - len(chats)} paragraphs of docstrings, "
+          f"{sum(map(len, parts))} characters -> {args.out}")
 
 
 if __name__ == "__main__":
