@@ -67,3 +67,29 @@ def test_rerun_is_cached(derived):
 def test_bad_requests_are_refused(tiny_parent_dir, target, message):
     with pytest.raises(StitchError, match=message):
         target.check_against(load_config(tiny_parent_dir))
+
+
+def test_bf16_healing_tracks_fp32(tiny_parent_dir, tiny_sibling):
+    """Healing under bf16 autocast (the default where the CPU has native bf16) learns as fp32 does."""
+    from stitchllm.data.corpus import python_docs_text
+    from stitchllm.family.distill import DistillConfig, distill
+
+    teacher = load_model(tiny_parent_dir)
+    tok = load_tokenizer(tiny_parent_dir)
+    ids = torch.tensor(tok(python_docs_text("train")[:40000], add_special_tokens=False)["input_ids"][:8192])
+    kl = {}
+    for dtype in ("float32", "bfloat16"):
+        student = load_model(tiny_sibling[0])
+        cfg = DistillConfig(steps=6, batch=4, micro_batch=2, seq_len=128, lr=1e-3, warmup=1, matmul_dtype=dtype)
+        report = distill(teacher, student, ids, cfg)
+        kl[dtype] = (report["kl_first"], report["kl_last"])
+    assert kl["float32"][1] < kl["float32"][0] and kl["bfloat16"][1] < kl["bfloat16"][0]
+    assert kl["bfloat16"][0] == pytest.approx(kl["float32"][0], rel=0.02)
+    assert kl["bfloat16"][1] == pytest.approx(kl["float32"][1], rel=0.05)
+
+
+def test_unknown_training_precision_is_refused(tiny_parent_dir, tmp_path):
+    from stitchllm.family.derive import DeriveConfig
+
+    with pytest.raises(StitchError, match="unknown matmul dtype 'fp8'"):
+        derive(DeriveConfig(parent=str(tiny_parent_dir), train_dtype="fp8"), tmp_path / "out")

@@ -97,9 +97,10 @@ def family_derive(
     heads: Annotated[int, typer.Option(help="Query heads.")] = 9,
     kv_heads: Annotated[int, typer.Option(help="Key/value heads.")] = 3,
     intermediate: Annotated[int, typer.Option(help="MLP channels.")] = 1536,
-    tokens: Annotated[int, typer.Option(help="Distillation tokens for healing (0: prune only).")] = 131072,
+    tokens: Annotated[int, typer.Option(help="Distillation tokens for healing (0: prune only).")] = 262144,
     seed: Annotated[int, typer.Option(help="Seed (data order, init).")] = 0,
     text: Annotated[Optional[str], typer.Option(help="Your own UTF-8 text instead of the stdlib docstrings.")] = None,
+    matmul_dtype: MatmulDtypeOpt = "auto",
 ) -> None:
     """Prune PARENT (depth and width, by activation importance) and heal it by distillation into an HF directory."""
     from pathlib import Path
@@ -108,7 +109,7 @@ def family_derive(
     from stitchllm.family.prune import PruneTarget
 
     cfg = DeriveConfig(parent=parent, target=PruneTarget(layers, hidden, heads, kv_heads, intermediate),
-                       heal_tokens=tokens, seed=seed, text=text)
+                       heal_tokens=tokens, seed=seed, text=text, train_dtype=matmul_dtype)
     out_dir = Path(out) if out else default_sibling_dir()
     report = derive(cfg, out_dir)
     ppl = report["val_ppl"]
@@ -195,23 +196,26 @@ app.add_typer(stitch_app, name="stitch")
 def stitch_build(
     cuts: Annotated[Optional[str], typer.Option(help="Comma-separated cut points k (default: docs/STITCHING.md).")]
     = None,
-    steps: Annotated[int, typer.Option(help="Distillation steps (all stitches train each step).")] = 40,
+    steps: Annotated[int, typer.Option(help="Distillation steps (all stitches train each step).")] = 60,
     model: ModelOpt = "default",
     small: SmallOpt = None,
     out: StitchesOpt = None,
+    matmul_dtype: MatmulDtypeOpt = "auto",
 ) -> None:
     """Least-squares init, then KL distillation of every stitch; cached by family fingerprint."""
     from pathlib import Path
 
     from stitchllm.family.family import load_family
     from stitchllm.stitch.build import StitchBuildConfig, build_stitches, stitches_dir
+    from stitchllm.models.linear import resolve_matmul_dtype
     from stitchllm.stitch.train import StitchTrainConfig
 
+    resolve_matmul_dtype(matmul_dtype)  # an unknown name fails before any model loads
     family = load_family(model, small)
     cut_list = tuple(int(c) for c in cuts.split(",")) if cuts else None
     if cut_list and not all(0 < k < family.large.config.num_layers for k in cut_list):
         raise StitchError(f"cut points must be in [1, {family.large.config.num_layers - 1}]")
-    cfg = StitchBuildConfig(cuts=cut_list, train=StitchTrainConfig(steps=steps))
+    cfg = StitchBuildConfig(cuts=cut_list, train=StitchTrainConfig(steps=steps, matmul_dtype=matmul_dtype))
     directory = Path(out) if out else stitches_dir(family)
     manifest = build_stitches(family, cfg, directory)
     print(f"stitches at {directory} ({manifest['seconds']:.0f} s to build)")

@@ -18,6 +18,7 @@ from stitchllm.family.distill import DistillConfig, distill
 from stitchllm.family.family import weights_fingerprint
 from stitchllm.family.importance import measure_importance
 from stitchllm.family.prune import PruneTarget, prune
+from stitchllm.models.linear import resolve_matmul_dtype
 from stitchllm.models.loader import load_model, load_tokenizer, resolve_model_dir
 from stitchllm.models.save import save_hf_dir
 from stitchllm.paths import stitchllm_home
@@ -32,9 +33,10 @@ class DeriveConfig:
     parent: str = "default"
     target: PruneTarget = PruneTarget(layers=15, hidden=576, heads=9, kv_heads=3, intermediate=1536)
     calibration_tokens: int = 16384
-    heal_tokens: int = 131072
+    heal_tokens: int = 262144
     seed: int = 0
     text: str | None = None  # a user's own text file instead of the stdlib docstrings
+    train_dtype: str = "auto"  # healing's matmul precision: auto = bf16 where the CPU has native bf16 dot products
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -64,6 +66,7 @@ def derive(cfg: DeriveConfig, out: Path, heal: bool = True) -> dict:
     if is_complete(out, cfg):
         return json.loads((out / MANIFEST).read_text())
     started = time.perf_counter()
+    dtype = resolve_matmul_dtype(cfg.train_dtype)  # an unknown name fails before any model loads
     torch.manual_seed(cfg.seed)
     parent_dir = resolve_model_dir(cfg.parent)
     parent = load_model(parent_dir)
@@ -81,10 +84,13 @@ def derive(cfg: DeriveConfig, out: Path, heal: bool = True) -> dict:
               "val_ppl": {"parent": perplexity(model_full_logits(parent), val_windows).ppl,
                           "pruned": perplexity(model_full_logits(child), val_windows).ppl}}
     if heal and cfg.heal_tokens > 0:
-        dcfg = DistillConfig(steps=max(1, cfg.heal_tokens // (8 * 256)), seed=cfg.seed)
+        parent.prepack(dtype)  # the teacher only runs inference: its linears in the same precision (head fp32)
+        dcfg = DistillConfig(steps=max(1, cfg.heal_tokens // (8 * 256)), seed=cfg.seed,
+                             matmul_dtype=cfg.train_dtype)
         out.mkdir(parents=True, exist_ok=True)
         report["distill"] = distill(parent, child, train_ids[cfg.calibration_tokens:], dcfg,
                                     checkpoint=out / f".distill-{cfg.fingerprint()}.pt")
+        report["distill"]["matmul_dtype"] = str(dtype).removeprefix("torch.")
         report["val_ppl"]["healed"] = perplexity(model_full_logits(child.prepack()), val_windows).ppl
     report["seconds"] = round(time.perf_counter() - started, 1)
     save_hf_dir(child, out, parent_dir)

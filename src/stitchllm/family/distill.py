@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from stitchllm.models.batch import ForwardBatch
 from stitchllm.models.decoder import DecoderModel
+from stitchllm.models.linear import resolve_matmul_dtype, training_autocast
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,7 @@ class DistillConfig:
     weight_decay: float = 0.0
     seed: int = 0
     checkpoint_every: int = 20
+    matmul_dtype: str = "auto"  # the student's matmuls: float32, bfloat16 (autocast), auto (bf16 if native)
 
     def lr_at(self, step: int) -> float:
         if step < self.warmup:
@@ -56,6 +58,7 @@ def distill(
 ) -> dict:
     """Train every student weight to match the teacher; resumes from `checkpoint` if one is there."""
     torch.manual_seed(cfg.seed)
+    dtype = resolve_matmul_dtype(cfg.matmul_dtype)
     seqs = sequence_batches(train_ids, cfg)
     student.train().requires_grad_(True)
     optim = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -81,7 +84,9 @@ def distill(
             ids = seqs[part].reshape(-1)  # [micro_batch * seq_len]
             with torch.inference_mode():
                 teacher_logits = teacher(ids, micro)  # [T, V]
-            part_loss = kl_to_teacher(teacher_logits.clone(), student(ids, micro)) / parts
+            with training_autocast(dtype):
+                logits = student(ids, micro)  # [T, V], bf16 under autocast
+            part_loss = kl_to_teacher(teacher_logits.clone(), logits.float()) / parts
             part_loss.backward()
             loss += float(part_loss.detach())
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)

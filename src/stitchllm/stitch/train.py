@@ -16,6 +16,7 @@ from tqdm import tqdm
 from stitchllm.family.distill import kl_to_teacher
 from stitchllm.family.family import Family
 from stitchllm.models.batch import ForwardBatch
+from stitchllm.models.linear import resolve_matmul_dtype, training_autocast
 from stitchllm.routing.executor import RouteExecutor
 from stitchllm.stitch.layer import StitchLayer
 
@@ -24,12 +25,14 @@ from stitchllm.stitch.layer import StitchLayer
 class StitchTrainConfig:
     """Schedule of stitch distillation; `lm_weight` mixes in the next-token loss on the text itself."""
 
-    steps: int = 40
+    steps: int = 60
     batch: int = 2
     seq_len: int = 256
     lr: float = 1e-3
     lm_weight: float = 0.0
     seed: int = 0
+    matmul_dtype: str = "auto"  # the routes' matmuls while training: auto = bf16 autocast where the CPU has native
+    # bf16 dot products (the large model's teacher pass keeps its packed precision)
 
     def lr_at(self, step: int) -> float:
         return self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(1, self.steps))))
@@ -37,6 +40,7 @@ class StitchTrainConfig:
 
 def train_stitches(family: Family, stitches: dict[str, StitchLayer], ids: torch.Tensor, cfg: StitchTrainConfig) -> dict:
     """Train every stitch in place on the id stream; returns the mean training KL per stitch over the last steps."""
+    dtype = resolve_matmul_dtype(cfg.matmul_dtype)
     n = len(ids) // cfg.seq_len
     seqs = ids[: n * cfg.seq_len].view(n, cfg.seq_len)[torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))]
     params = [p for s in stitches.values() for p in s.parameters()]
@@ -58,8 +62,9 @@ def train_stitches(family: Family, stitches: dict[str, StitchLayer], ids: torch.
             group["lr"] = cfg.lr_at(step)
         optim.zero_grad(set_to_none=True)
         for key, stitch in stitches.items():
-            h = small.run_blocks(stitch(states[stitch.cut]), batch, None, stitch.entry)
-            logits = small.head(small.norm(h))
+            with training_autocast(dtype):
+                h = small.run_blocks(stitch(states[stitch.cut]), batch, None, stitch.entry)
+                logits = small.head(small.norm(h)).float()  # [T, V]
             loss = kl_to_teacher(teacher, logits)
             if cfg.lm_weight:
                 targets = step_ids.view(cfg.batch, -1)[:, 1:].reshape(-1)
