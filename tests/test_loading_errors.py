@@ -53,7 +53,10 @@ def test_cli_bad_input_is_one_line_and_nonzero(tmp_path):
     bad.write_bytes(b"\xff\xfe not utf-8")
     for args, message in [(["generate", ""], "prompt is empty"),
                           (["eval", "--text", str(bad)], "is not UTF-8 text"),
-                          (["generate", "hi", "--model", str(tmp_path / "nope")], "model path not found")]:
+                          (["generate", "hi", "--model", str(tmp_path / "nope")], "model path not found"),
+                          (["family", "derive", "--matmul-dtype", "fp8", "--out", str(tmp_path / "sib")],
+                           "unknown matmul dtype 'fp8'"),
+                          (["stitch", "build", "--matmul-dtype", "fp8"], "unknown matmul dtype 'fp8'")]:
         result = run_cli(*args)
         assert result.returncode == 2, result.stderr
         assert result.stderr.strip().splitlines() == [f"error: {result.stderr.strip()[7:]}"]

@@ -206,8 +206,8 @@ def stitch_build(
     from pathlib import Path
 
     from stitchllm.family.family import load_family
-    from stitchllm.stitch.build import StitchBuildConfig, build_stitches, stitches_dir
     from stitchllm.models.linear import resolve_matmul_dtype
+    from stitchllm.stitch.build import StitchBuildConfig, build_stitches, stitches_dir
     from stitchllm.stitch.train import StitchTrainConfig
 
     resolve_matmul_dtype(matmul_dtype)  # an unknown name fails before any model loads
