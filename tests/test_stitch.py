@@ -8,7 +8,7 @@ from stitchllm.family.family import load_family
 from stitchllm.generation import generate
 from stitchllm.models.batch import ForwardBatch
 from stitchllm.models.config import ModelConfig
-from stitchllm.models.linear import resolve_matmul_dtype
+from stitchllm.models.linear import dtype_name, resolve_matmul_dtype
 from stitchllm.routing.catalog import build_catalog, load_catalog
 from stitchllm.routing.route import default_cuts, entry_after, enumerate_routes, matched_entry
 from stitchllm.sampling import SamplingParams
@@ -91,7 +91,7 @@ def test_build_writes_manifest_with_metrics(tiny_stitches):
     assert set(manifest["validation"]["init"]) == {"small", "L2-S1", "L3-S1", "large"}
     assert manifest["validation"]["trained"]["large"]["kl"] == pytest.approx(0.0, abs=1e-6)
     # the precision training ran in is recorded: auto resolves per CPU (bf16 with native bf16 dot products)
-    assert manifest["training"]["matmul_dtype"] == str(resolve_matmul_dtype("auto")).removeprefix("torch.")
+    assert manifest["training"]["matmul_dtype"] == dtype_name(resolve_matmul_dtype("auto"))
 
 
 def test_manifest_for_another_family_is_refused(tiny_stitches, tiny_parent_dir, tiny_sibling, tmp_path):

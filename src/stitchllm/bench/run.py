@@ -15,7 +15,7 @@ from stitchllm.bench.report import summarize
 from stitchllm.bench.workload import make_requests, poisson_arrivals
 from stitchllm.engine.build import engine_from_catalog
 from stitchllm.engine.config import EngineConfig
-from stitchllm.models.linear import resolve_matmul_dtype
+from stitchllm.models.linear import dtype_name, resolve_matmul_dtype
 from stitchllm.routing.catalog import RouteCatalog
 from stitchllm.routing.controller import SLOConfig
 from stitchllm.paths import stitchllm_home
@@ -152,4 +152,4 @@ def run_bench(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: Be
                 "prompt_tokens": cfg.prompt_tokens, "output_tokens": cfg.output_tokens,
                 "concurrency": cfg.concurrency, "peer_batch": cfg.peer_batch, "slo_ttft_ms": cfg.slo_ttft_ms,
                 "slo_tpot_ms": cfg.slo_tpot_ms, "server": getattr(target, "url", None),
-                "matmul_dtype": str(resolve_matmul_dtype(cfg.matmul_dtype)).removeprefix("torch.")}}
+                "matmul_dtype": dtype_name(resolve_matmul_dtype(cfg.matmul_dtype))}}

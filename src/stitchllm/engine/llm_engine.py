@@ -20,7 +20,7 @@ from stitchllm.engine.warmup import profile_step_time
 from stitchllm.engine.work import WorkItem
 from stitchllm.errors import StitchError
 from stitchllm.models.kv_cache import KVCache
-from stitchllm.models.linear import resolve_matmul_dtype
+from stitchllm.models.linear import dtype_name, resolve_matmul_dtype
 from stitchllm.routing.catalog import RouteCatalog
 from stitchllm.routing.controller import LoadController, LoadSignal
 from stitchllm.routing.dataset import shared_blocks
@@ -51,7 +51,7 @@ class LLMEngine:
         self.catalog, self.config = catalog, config
         matmul_dtype = resolve_matmul_dtype(config.matmul_dtype)
         catalog.set_matmul_dtype(matmul_dtype)
-        self.matmul_dtype = str(matmul_dtype).removeprefix("torch.")
+        self.matmul_dtype = dtype_name(matmul_dtype)
         self.route_names = [r.name for r in catalog.routes]
         self.costs = [catalog.relative_cost(r) for r in catalog.routes]
         needs_router = config.policy in (ADAPTIVE, "router", "whole-model")

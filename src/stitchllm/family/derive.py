@@ -90,7 +90,6 @@ def derive(cfg: DeriveConfig, out: Path, heal: bool = True) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         report["distill"] = distill(parent, child, train_ids[cfg.calibration_tokens:], dcfg,
                                     checkpoint=out / f".distill-{cfg.fingerprint()}.pt")
-        report["distill"]["matmul_dtype"] = str(dtype).removeprefix("torch.")
         report["val_ppl"]["healed"] = perplexity(model_full_logits(child.prepack()), val_windows).ppl
     report["seconds"] = round(time.perf_counter() - started, 1)
     save_hf_dir(child, out, parent_dir)

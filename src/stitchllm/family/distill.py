@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from stitchllm.models.batch import ForwardBatch
 from stitchllm.models.decoder import DecoderModel
-from stitchllm.models.linear import resolve_matmul_dtype, training_autocast
+from stitchllm.models.linear import dtype_name, resolve_matmul_dtype, training_autocast
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,4 +101,5 @@ def distill(
     bar.close()
     student.eval().requires_grad_(False)
     return {"steps": step, "tokens": step * cfg.batch * cfg.seq_len, "kl_first": losses[0] if losses else None,
-            "kl_last": sum(losses[-5:]) / max(1, len(losses[-5:])), "seconds_this_run": time.perf_counter() - start}
+            "kl_last": sum(losses[-5:]) / max(1, len(losses[-5:])), "seconds_this_run": time.perf_counter() - start,
+            "matmul_dtype": dtype_name(dtype)}

@@ -45,6 +45,11 @@ def resolve_matmul_dtype(name: str) -> torch.dtype:
     return MATMUL_DTYPES[name]
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """'float32' or 'bfloat16': the name `resolve_matmul_dtype` takes, as manifests and reports record it."""
+    return str(dtype).removeprefix("torch.")
+
+
 class Linear(nn.Linear):
     """A drop-in nn.Linear with an optional packed fast path for inference (fp32 weights, CPU)."""
 

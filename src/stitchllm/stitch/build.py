@@ -14,7 +14,7 @@ from stitchllm.data.corpus import python_docs_text
 from stitchllm.eval.quality import evaluate_routes
 from stitchllm.eval.text import token_windows
 from stitchllm.family.family import Family
-from stitchllm.models.linear import resolve_matmul_dtype
+from stitchllm.models.linear import dtype_name, resolve_matmul_dtype
 from stitchllm.paths import stitchllm_home
 from stitchllm.routing.executor import RouteExecutor
 from stitchllm.routing.route import enumerate_routes
@@ -99,7 +99,7 @@ def build_stitches(family: Family, cfg: StitchBuildConfig, out: Path) -> dict:
         "training": {"text": "python stdlib docstrings, train split", "steps": cfg.train.steps,
                      "tokens": cfg.train.steps * cfg.train.batch * cfg.train.seq_len,
                      "calibration_tokens": cfg.calibration_tokens, "final_train_kl": train_kl,
-                     "matmul_dtype": str(resolve_matmul_dtype(cfg.train.matmul_dtype)).removeprefix("torch.")},
+                     "matmul_dtype": dtype_name(resolve_matmul_dtype(cfg.train.matmul_dtype))},
         "validation": {"init": {n: m for n, m in metrics_init.items() if n not in dropped},
                        "trained": {n: m for n, m in metrics_trained.items() if n not in dropped}},
         "screened_out": {n: {"init": metrics_init[n], "trained": metrics_trained[n]} for n in sorted(dropped)},
