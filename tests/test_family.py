@@ -1,13 +1,17 @@
 """Deriving a smaller sibling: sizes as requested, tokenizer kept, HF round trip, bad requests refused."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
+from stitchllm.data.corpus import python_docs_text
 from stitchllm.errors import StitchError
+from stitchllm.eval.perplexity import model_full_logits, perplexity
 from stitchllm.family.derive import derive
-from stitchllm.family.prune import PruneTarget
+from stitchllm.family.importance import block_skip_damage, measure_importance
+from stitchllm.family.prune import PruneTarget, prune
 from stitchllm.models.batch import ForwardBatch
 from stitchllm.models.loader import load_config, load_model, load_tokenizer
 
@@ -93,3 +97,36 @@ def test_unknown_training_precision_is_refused(tiny_parent_dir, tmp_path):
 
     with pytest.raises(StitchError, match="unknown matmul dtype 'fp8'"):
         derive(DeriveConfig(parent=str(tiny_parent_dir), train_dtype="fp8"), tmp_path / "out")
+
+
+def test_block_skip_damage_is_the_nll_rise_of_the_model_without_that_block(tiny_parent_dir):
+    """Skipping block i in the forward pass scores exactly as the pruned model that lacks it (two code paths)."""
+    parent, tok = load_model(tiny_parent_dir), load_tokenizer(tiny_parent_dir)
+    windows = list(torch.tensor(tok(python_docs_text("train")[:20000], add_special_tokens=False)["input_ids"][:1024])
+                   .split(256))
+    damage, base = block_skip_damage(parent, windows), perplexity(model_full_logits(parent), windows)
+    c = parent.config
+    importance = measure_importance(parent, windows, "cosine")  # only the finer parts matter here: full width
+    for i in range(c.num_layers):
+        all_but_i = torch.ones(c.num_layers).index_fill_(0, torch.tensor([i]), -1.0)
+        child, _ = prune(parent, dataclasses.replace(importance, block=all_but_i), PruneTarget(
+            c.num_layers - 1, c.hidden_size, c.num_heads, c.num_kv_heads, c.intermediate_size))
+        without = perplexity(model_full_logits(child), windows)
+        assert float(damage[i]) == pytest.approx(without.nll / without.tokens - base.nll / base.tokens, abs=1e-4)
+    assert damage.abs().min() > 1e-4  # every block of the random parent matters a little: the check has teeth
+
+
+def test_derive_keeps_the_blocks_whose_skip_hurts_most(derived, tiny_parent_dir):
+    _, report, cfg = derived
+    parent, tok = load_model(tiny_parent_dir), load_tokenizer(tiny_parent_dir)
+    ids = torch.tensor(tok(python_docs_text("train"), add_special_tokens=False)["input_ids"][:cfg.calibration_tokens])
+    damage = block_skip_damage(parent, list(ids.split(512)))
+    assert report["block_importance"] == pytest.approx(damage.tolist(), abs=1e-5)
+    assert report["kept"]["blocks"] == sorted(damage.topk(cfg.target.layers).indices.tolist())
+
+
+def test_unknown_block_importance_is_refused(tiny_parent_dir, tmp_path):
+    from stitchllm.family.derive import DeriveConfig
+
+    with pytest.raises(StitchError, match="unknown block importance 'random'"):
+        derive(DeriveConfig(parent=str(tiny_parent_dir), block_importance="random"), tmp_path / "out")

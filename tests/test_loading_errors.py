@@ -56,6 +56,8 @@ def test_cli_bad_input_is_one_line_and_nonzero(tmp_path):
                           (["generate", "hi", "--model", str(tmp_path / "nope")], "model path not found"),
                           (["family", "derive", "--matmul-dtype", "fp8", "--out", str(tmp_path / "sib")],
                            "unknown matmul dtype 'fp8'"),
+                          (["family", "derive", "--block-importance", "random", "--out", str(tmp_path / "sib")],
+                           "unknown block importance 'random'"),
                           (["stitch", "build", "--matmul-dtype", "fp8"], "unknown matmul dtype 'fp8'")]:
         result = run_cli(*args)
         assert result.returncode == 2, result.stderr

@@ -101,6 +101,9 @@ def family_derive(
     seed: Annotated[int, typer.Option(help="Seed (data order, init).")] = 0,
     text: Annotated[Optional[str], typer.Option(help="Your own UTF-8 text instead of the stdlib docstrings.")] = None,
     matmul_dtype: MatmulDtypeOpt = "auto",
+    block_importance: Annotated[str, typer.Option(
+        help="Which blocks to keep: skip-nll (NLL rise when a block alone is skipped) or cosine (how much a block "
+             "turns the residual stream).")] = "skip-nll",
 ) -> None:
     """Prune PARENT (depth and width, by activation importance) and heal it by distillation into an HF directory."""
     from pathlib import Path
@@ -109,7 +112,8 @@ def family_derive(
     from stitchllm.family.prune import PruneTarget
 
     cfg = DeriveConfig(parent=parent, target=PruneTarget(layers, hidden, heads, kv_heads, intermediate),
-                       heal_tokens=tokens, seed=seed, text=text, train_dtype=matmul_dtype)
+                       heal_tokens=tokens, seed=seed, text=text, train_dtype=matmul_dtype,
+                       block_importance=block_importance)
     out_dir = Path(out) if out else default_sibling_dir()
     report = derive(cfg, out_dir)
     ppl = report["val_ppl"]

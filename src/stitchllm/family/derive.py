@@ -16,7 +16,7 @@ from stitchllm.eval.perplexity import model_full_logits, perplexity
 from stitchllm.eval.text import token_windows
 from stitchllm.family.distill import DistillConfig, distill
 from stitchllm.family.family import weights_fingerprint
-from stitchllm.family.importance import measure_importance
+from stitchllm.family.importance import check_block_criterion, measure_importance
 from stitchllm.family.prune import PruneTarget, prune
 from stitchllm.models.linear import resolve_matmul_dtype
 from stitchllm.models.loader import load_model, load_tokenizer, resolve_model_dir
@@ -37,6 +37,7 @@ class DeriveConfig:
     seed: int = 0
     text: str | None = None  # a user's own text file instead of the stdlib docstrings
     train_dtype: str = "auto"  # healing's matmul precision: auto = bf16 where the CPU has native bf16 dot products
+    block_importance: str = "skip-nll"  # which blocks to keep: family/importance.py (BLOCK_CRITERIA)
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -67,6 +68,7 @@ def derive(cfg: DeriveConfig, out: Path, heal: bool = True) -> dict:
         return json.loads((out / MANIFEST).read_text())
     started = time.perf_counter()
     dtype = resolve_matmul_dtype(cfg.train_dtype)  # an unknown name fails before any model loads
+    check_block_criterion(cfg.block_importance)  # so does this one
     torch.manual_seed(cfg.seed)
     parent_dir = resolve_model_dir(cfg.parent)
     parent = load_model(parent_dir)
@@ -78,8 +80,10 @@ def derive(cfg: DeriveConfig, out: Path, heal: bool = True) -> dict:
     if len(train_ids) < cfg.calibration_tokens:
         raise StitchError(f"calibration needs {cfg.calibration_tokens} tokens, the text has {len(train_ids)}")
     calib = list(train_ids[: cfg.calibration_tokens].split(512))
-    child, kept = prune(parent, measure_importance(parent, calib), cfg.target)
+    importance = measure_importance(parent, calib, cfg.block_importance)
+    child, kept = prune(parent, importance, cfg.target)
     report = {"fingerprint": cfg.fingerprint(), "recipe": asdict(cfg), "kept": kept,
+              "block_importance": [round(float(v), 6) for v in importance.block],
               "parent_fingerprint": weights_fingerprint(parent_dir),
               "val_ppl": {"parent": perplexity(model_full_logits(parent), val_windows).ppl,
                           "pruned": perplexity(model_full_logits(child), val_windows).ppl}}

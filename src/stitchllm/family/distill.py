@@ -32,9 +32,10 @@ class DistillConfig:
     matmul_dtype: str = "auto"  # the student's matmuls: float32, bfloat16 (autocast), auto (bf16 if native)
 
     def lr_at(self, step: int) -> float:
-        if step < self.warmup:
-            return self.lr * (step + 1) / self.warmup
-        progress = (step - self.warmup) / max(1, self.steps - self.warmup)
+        warmup = min(self.warmup, self.steps // 4)  # a short run must still reach its peak lr
+        if step < warmup:
+            return self.lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, self.steps - warmup)
         return self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
