@@ -18,7 +18,7 @@ import torch
 
 from stitchllm.data.corpus import python_docs_text
 from stitchllm.eval.text import read_text, token_windows
-from stitchllm.family.importance import measure_importance
+from stitchllm.family.importance import logits_skipping, measure_importance
 from stitchllm.models.batch import ForwardBatch
 from stitchllm.models.loader import load_model, load_tokenizer, resolve_model_dir
 
@@ -38,13 +38,10 @@ def main() -> None:
     ids = torch.cat(windows)  # [T]
     batch = ForwardBatch(list(range(len(windows))), [0] * len(windows), [len(w) for w in windows])
     calib = torch.tensor(tokenizer(python_docs_text("train"), add_special_tokens=False)["input_ids"])[:8192]
-    importance = measure_importance(model, list(calib.split(512)))
+    importance = measure_importance(model, list(calib.split(512)), "cosine")  # only the MLP scores are used
 
-    def top1(skip: frozenset[int] = frozenset()) -> torch.Tensor:  # [T] argmax token ids
-        hidden = model.embed(ids)
-        for i, block in enumerate(model.blocks):
-            hidden = hidden if i in skip else block(hidden, batch, None)
-        return model.head(model.norm(hidden)).argmax(-1)
+    def top1(skip: int | None = None) -> torch.Tensor:  # [T] argmax token ids
+        return logits_skipping(model, skip)(ids, batch).argmax(-1)
 
     reference = top1()
     agree = lambda pred: float((pred == reference).float().mean())  # noqa: E731
@@ -52,7 +49,7 @@ def main() -> None:
     print(f"{len(ids)} tokens; cost = remaining matmul FLOPs / the large model's ({total / 1e6:.0f} MFLOP/token)")
     print("skip one block:")
     for i in range(c.num_layers):
-        skipped = agree(top1(frozenset({i})))
+        skipped = agree(top1(i))
         print(f"  block {i:2d}  cost {1 - c.block_flops_per_token / total:.3f}  top-1 {skipped:.3f}")
     print("prune 50% of the MLP channels of the top k blocks:")
     mlp_flops = 3 * 2 * c.hidden_size * c.intermediate_size  # gate, up, down

@@ -24,7 +24,7 @@ class Importance:
     mlp: torch.Tensor  # [L, I] mean |silu(gate) * up| per intermediate channel
 
 
-def _logits_skipping(model: DecoderModel, skip: int | None) -> FullLogitsFn:
+def logits_skipping(model: DecoderModel, skip: int | None) -> FullLogitsFn:
     """The model's full-sequence logits with block `skip` left out (its input goes straight to the next block)."""
     def full_logits(ids: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:  # ids [T] -> logits [T, V]
         hidden = model.embed(ids)
@@ -40,10 +40,10 @@ def block_skip_damage(model: DecoderModel, windows: list[torch.Tensor]) -> torch
     criterion, used until session 16): on SmolLM2 that kept blocks whose joint removal the model cannot absorb —
     its 15-block pick had validation ppl 22,064 before healing and 85.1 after 24 healing steps, this one's 654
     and 54.1 (FAMILY.md)."""
-    base = perplexity(_logits_skipping(model, None), windows)
+    base = perplexity(logits_skipping(model, None), windows)
     rises = []
     for i in tqdm(range(model.config.num_layers), desc="block skip damage", unit="block"):
-        skipped = perplexity(_logits_skipping(model, i), windows)
+        skipped = perplexity(logits_skipping(model, i), windows)
         rises.append(skipped.nll / skipped.tokens - base.nll / base.tokens)
     return torch.tensor(rises, dtype=torch.float64)
 
