@@ -44,7 +44,7 @@ def test_route_enumeration_and_depth_matching():
 
 def test_entries_follow_a_derived_siblings_block_map(tiny_parent_dir, tiny_sibling):
     configs = {"large": smollm2_like(30, 576), "small": smollm2_like(15, 576)}
-    block_map = [0, 1, 6, 7, 8, 10, 18, 19, 20, 21, 22, 23, 24, 28, 29]  # the default sibling's kept blocks
+    block_map = [0, 1, 6, 7, 8, 10, 18, 19, 20, 21, 22, 23, 24, 28, 29]  # session 16's default sibling's kept blocks
     routes = enumerate_routes(configs, block_map=block_map)
     # relative depth at every 3rd block, plus cuts just before kept blocks (2 apart, upper two thirds) entering at
     # them; L28-S13 would cost more than the large model. The four block-map routes at 27 blocks cost the same.

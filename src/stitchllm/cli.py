@@ -105,7 +105,7 @@ def family_derive(
         help="Which blocks to keep: skip-nll (NLL rise when a block alone is skipped) or cosine (how much a block "
              "turns the residual stream).")] = "skip-nll",
 ) -> None:
-    """Prune PARENT (depth and width, by activation importance) and heal it by distillation into an HF directory."""
+    """Prune PARENT (depth and width, by measured importance) and heal it by distillation into an HF directory."""
     from pathlib import Path
 
     from stitchllm.family.derive import DeriveConfig, default_sibling_dir, derive

@@ -37,9 +37,9 @@ def logits_skipping(model: DecoderModel, skip: int | None) -> FullLogitsFn:
 def block_skip_damage(model: DecoderModel, windows: list[torch.Tensor]) -> torch.Tensor:
     """[L]: how much the mean next-token NLL on `windows` rises when each block alone is skipped (Shortened
     LLaMA's perplexity criterion). Why not how much a block turns the residual stream (1 - cos, ShortGPT's
-    criterion, used until session 16): on SmolLM2 that kept blocks whose joint removal the model cannot absorb —
-    its 15-block pick had validation ppl 22,064 before healing and 85.1 after 24 healing steps, this one's 654
-    and 54.1 (FAMILY.md)."""
+    criterion, used until session 16): a block can turn the stream a lot and still be one the model does without.
+    On SmolLM2 the cosine pick of 15 blocks had validation ppl 22,064 before healing, 85.1 after 24 healing steps
+    and 31.5 after 128; this one's 654, 54.1 and 28.8 (FAMILY.md)."""
     base = perplexity(logits_skipping(model, None), windows)
     rises = []
     for i in tqdm(range(model.config.num_layers), desc="block skip damage", unit="block"):
