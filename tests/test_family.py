@@ -130,3 +130,11 @@ def test_unknown_block_importance_is_refused(tiny_parent_dir, tmp_path):
 
     with pytest.raises(StitchError, match="unknown block importance 'random'"):
         derive(DeriveConfig(parent=str(tiny_parent_dir), block_importance="random"), tmp_path / "out")
+
+
+def test_a_short_healing_run_reaches_its_peak_lr():
+    from stitchllm.family.distill import DistillConfig
+
+    short, default = DistillConfig(steps=2), DistillConfig(steps=128)
+    assert short.lr_at(0) == pytest.approx(short.lr)  # warm-up is capped at a quarter of the run: none for 2 steps
+    assert default.lr_at(0) == pytest.approx(default.lr / 8) and default.lr_at(7) == pytest.approx(default.lr)
