@@ -65,16 +65,14 @@ def measure_importance(model: DecoderModel, windows: list[torch.Tensor], block_c
     check_block_criterion(block_criterion)
     c = model.config
     L, tokens = c.num_layers, 0
-    ends = torch.tensor([len(w) for w in windows]).cumsum(0)
-    first = windows[: int((ends < skip_tokens).sum()) + 1]  # the windows that hold the first skip_tokens tokens
-    block = block_skip_damage(model, first) if block_criterion == "skip-nll" else torch.zeros(L, dtype=torch.float64)
+    turn = torch.zeros(L, dtype=torch.float64)  # the cosine criterion: cheap, so always measured in the pass
     hidden = torch.zeros(L, c.hidden_size, dtype=torch.float64)
     head = torch.zeros(L, c.num_heads, dtype=torch.float64)
     mlp = torch.zeros(L, c.intermediate_size, dtype=torch.float64)
     hooks = []
     for i, b in enumerate(model.blocks):
         def on_block(_m, args, out, i=i):  # args[0]: block input [T, D]
-            block[i] += (1 - F.cosine_similarity(args[0], out, dim=-1)).sum().double()
+            turn[i] += (1 - F.cosine_similarity(args[0], out, dim=-1)).sum().double()
 
         def on_norm(_m, _args, out, i=i):  # out [T, D]
             hidden[i] += out.abs().sum(0).double()
@@ -85,8 +83,7 @@ def measure_importance(model: DecoderModel, windows: list[torch.Tensor], block_c
         def on_down(_m, args, _out, i=i):  # args[0]: silu(gate) * up [T, I]
             mlp[i] += args[0].abs().sum(0).double()
 
-        hooks += [b.register_forward_hook(on_block)] if block_criterion == "cosine" else []
-        hooks += [b.attn_norm.register_forward_hook(on_norm),
+        hooks += [b.register_forward_hook(on_block), b.attn_norm.register_forward_hook(on_norm),
                   b.mlp_norm.register_forward_hook(on_norm), b.o_proj.register_forward_hook(on_o_proj),
                   b.down.register_forward_hook(on_down)]
     try:
@@ -98,5 +95,8 @@ def measure_importance(model: DecoderModel, windows: list[torch.Tensor], block_c
     finally:
         for h in hooks:
             h.remove()
-    block = block / tokens if block_criterion == "cosine" else block
-    return Importance(block, hidden / tokens, head / tokens, mlp / tokens)
+    if block_criterion == "cosine":
+        return Importance(turn / tokens, hidden / tokens, head / tokens, mlp / tokens)
+    ends = torch.tensor([len(w) for w in windows]).cumsum(0)
+    first = windows[: int((ends < skip_tokens).sum()) + 1]  # the windows that hold the first skip_tokens tokens
+    return Importance(block_skip_damage(model, first), hidden / tokens, head / tokens, mlp / tokens)
