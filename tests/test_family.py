@@ -138,3 +138,38 @@ def test_a_short_healing_run_reaches_its_peak_lr():
     short, default = DistillConfig(steps=2), DistillConfig(steps=128)
     assert short.lr_at(0) == pytest.approx(short.lr)  # warm-up is capped at a quarter of the run: none for 2 steps
     assert default.lr_at(0) == pytest.approx(default.lr / 8) and default.lr_at(7) == pytest.approx(default.lr)
+
+
+def test_route_healing_also_trains_the_stitched_routes(tiny_parent_dir):
+    """Healing with route_weight > 0 trains the sibling's top blocks to finish from the parent's own stream too:
+    the identity-stitched route ends closer to the parent than after healing the sibling alone."""
+    from stitchllm.family.distill import DistillConfig, distill, kl_to_teacher
+    from stitchllm.family.derive import healing_routes
+
+    parent, tok = load_model(tiny_parent_dir), load_tokenizer(tiny_parent_dir)
+    ids = torch.tensor(tok(python_docs_text("train")[:60000], add_special_tokens=False)["input_ids"][:10240])
+    calib, train, held_out = list(ids[:2048].split(512)), ids[2048:8192], ids[8192:]
+    importance = measure_importance(parent, calib, "skip-nll")
+    depth_only, width_too = PruneTarget(2, 64, 4, 2, 128), PruneTarget(2, 32, 2, 1, 48)
+    # which routes: those `stitch build` will consider on a depth-pruned sibling (session 17's default kept blocks)
+    blocks = [0, 1, 2, 8, 11, 15, 16, 18, 20, 21, 23, 24, 27, 28, 29]
+    large, small = (dataclasses.replace(parent.config, num_layers=n) for n in (30, 15))
+    assert healing_routes(large, small, blocks) == [(11, 4), (15, 5), (16, 6), (18, 7), (20, 8), (21, 9), (23, 10),
+                                                    (24, 11)]  # from L27 on a route costs as much as the parent
+    assert healing_routes(parent.config, width_too.child_config(parent.config), [0, 1]) == []  # streams differ
+    child, kept = prune(parent, importance, depth_only)
+    routes = [(kept["blocks"][1], 1)]  # the tiny parent's: cut just before the second kept block, enter at it
+    batch = ForwardBatch([0, 1], [0, 0], [1024, 1024])
+    route_kl = {}
+    for weight in (0.0, 1.0):
+        child, _ = prune(parent, importance, depth_only)
+        cfg = DistillConfig(steps=6, batch=4, micro_batch=2, seq_len=128, lr=1e-3, warmup=1, matmul_dtype="float32",
+                            route_weight=weight)
+        report = distill(parent, child, train, cfg, routes=routes)
+        assert ("route_kl_last" in report) == (weight > 0)
+        (cut, entry), = routes
+        with torch.no_grad():
+            teacher = parent(held_out, batch)
+            hidden = child.run_blocks(parent.run_blocks(parent.embed(held_out), batch, None, 0, cut), batch, None, entry)
+            route_kl[weight] = float(kl_to_teacher(teacher, child.head(child.norm(hidden))))
+    assert route_kl[1.0] < route_kl[0.0]

@@ -140,3 +140,51 @@ def test_build_keeps_only_the_validation_frontier(tiny_parent_dir, tiny_sibling,
         assert values == sorted(values, reverse=True) and len(set(values)) == len(values)
     catalog = load_catalog(str(tiny_parent_dir), str(tiny_sibling[0]), str(tmp_path))
     assert [r.name for r in catalog.routes] == [r.name for r in kept]
+
+
+@pytest.fixture(scope="module")
+def depth_family(tiny_parent_dir, tmp_path_factory):
+    """A sibling pruned in depth only (the width kept), as the default family's is: stitches may start as the
+    identity."""
+    from stitchllm.family.derive import DeriveConfig, derive
+    from stitchllm.family.prune import PruneTarget
+
+    out = tmp_path_factory.mktemp("depth-sibling")
+    derive(DeriveConfig(parent=str(tiny_parent_dir), target=PruneTarget(layers=2, hidden=64, heads=4, kv_heads=2,
+                        intermediate=128), calibration_tokens=2048, heal_tokens=4096), out)
+    return load_family(tiny_parent_dir, out)
+
+
+def test_stitches_start_from_the_better_init_and_keep_the_better_of_start_and_trained(depth_family, tmp_path):
+    family = depth_family
+    cfg = StitchBuildConfig(cuts=(1, 2, 3), screen=False, calibration_tokens=4096, validation_tokens=1024,
+                            train=StitchTrainConfig(steps=2, lr=0.5))  # an lr this large must ruin some stitch
+    manifest = build_stitches(family, cfg, tmp_path)
+    stitched = [n for n in manifest["validation"]["init"] if n not in ("small", "large")]
+    assert set(manifest["start"]) == set(stitched) and set(manifest["start"].values()) <= {"least-squares", "identity"}
+    init, trained = manifest["validation"]["init"], manifest["validation"]["trained"]
+    starts = manifest["validation"]["starts"]
+    assert set(starts) == {"least-squares", "identity"}
+    for name in stitched:  # each route starts from the init with the lower validation KL
+        assert manifest["start"][name] == min(starts, key=lambda s: starts[s][name]["kl"])
+        assert init[name] == starts[manifest["start"][name]][name]
+    assert all(trained[n]["kl"] <= init[n]["kl"] for n in stitched)
+    assert manifest["training_undone"], "lr 0.5 for 2 steps should have made some stitch worse"
+    for name in manifest["training_undone"]:
+        assert trained[name] == init[name]
+    # an identity start runs the large bottom straight into the small top; an undone stitch is exactly its start
+    catalog_init = load_catalog(str(family.large_dir), str(family.small_dir), str(tmp_path), which="init")
+    catalog = load_catalog(str(family.large_dir), str(family.small_dir), str(tmp_path))
+    probe = torch.randint(0, 49152, (40,), generator=torch.Generator().manual_seed(3))
+    batch = ForwardBatch([0], [0], [40])
+    for name in stitched:
+        route = catalog_init.route(name)
+        got = catalog_init.executor.full_logits(route)(probe, batch)
+        if manifest["start"][name] == "identity":
+            (cut, entry), = route.stitches
+            hidden = family.large.run_blocks(family.large.embed(probe), batch, None, 0, cut)
+            hidden = family.small.run_blocks(hidden, batch, None, entry)
+            torch.testing.assert_close(got, family.small.head(family.small.norm(hidden)), atol=1e-4, rtol=0)
+        if name in manifest["training_undone"]:
+            torch.testing.assert_close(catalog.executor.full_logits(catalog.route(name))(probe, batch), got,
+                                       atol=1e-5, rtol=0)

@@ -104,6 +104,8 @@ def family_derive(
     block_importance: Annotated[str, typer.Option(
         help="Which blocks to keep: skip-nll (NLL rise when a block alone is skipped) or cosine (how much a block "
              "turns the residual stream).")] = "skip-nll",
+    route_healing: Annotated[float, typer.Option(
+        help="Weight of the stitched routes' KL while healing (0: heal the sibling alone).", min=0.0)] = 1.0,
 ) -> None:
     """Prune PARENT (depth and width, by measured importance) and heal it by distillation into an HF directory."""
     from pathlib import Path
@@ -113,7 +115,7 @@ def family_derive(
 
     cfg = DeriveConfig(parent=parent, target=PruneTarget(layers, hidden, heads, kv_heads, intermediate),
                        heal_tokens=tokens, seed=seed, text=text, train_dtype=matmul_dtype,
-                       block_importance=block_importance)
+                       block_importance=block_importance, route_healing=route_healing)
     out_dir = Path(out) if out else default_sibling_dir()
     report = derive(cfg, out_dir)
     ppl = report["val_ppl"]

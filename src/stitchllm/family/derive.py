@@ -18,10 +18,12 @@ from stitchllm.family.distill import DistillConfig, distill
 from stitchllm.family.family import weights_fingerprint
 from stitchllm.family.importance import check_block_criterion, measure_importance
 from stitchllm.family.prune import PruneTarget, prune
+from stitchllm.models.config import ModelConfig
 from stitchllm.models.linear import resolve_matmul_dtype
 from stitchllm.models.loader import load_model, load_tokenizer, resolve_model_dir
 from stitchllm.models.save import save_hf_dir
 from stitchllm.paths import stitchllm_home
+from stitchllm.routing.route import block_map_cuts, entry_after
 
 MANIFEST = "stitchllm-derive.json"
 
@@ -38,6 +40,7 @@ class DeriveConfig:
     text: str | None = None  # a user's own text file instead of the stdlib docstrings
     train_dtype: str = "auto"  # healing's matmul precision: auto = bf16 where the CPU has native bf16 dot products
     block_importance: str = "skip-nll"  # which blocks to keep: family/importance.py (BLOCK_CRITERIA)
+    route_healing: float = 1.0  # weight of the stitched routes' KL while healing (0: heal the sibling alone)
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -60,6 +63,16 @@ def _train_and_validation_text(cfg: DeriveConfig) -> tuple[str, str]:
     text = read_text(cfg.text)
     cut = int(len(text) * 0.9)  # a user's file: the last 10% validates
     return text[:cut], text[cut:]
+
+
+def healing_routes(parent: ModelConfig, child: ModelConfig, blocks: list[int]) -> list[tuple[int, int]]:
+    """The stitched routes serving will consider on a sibling pruned in depth, as (cut, entry): cut just before a
+    kept block and enter at it (`block_map_cuts`, here every one of them). Their stitch starts as the identity,
+    so healing can train them as they are; a sibling pruned in width has none (the streams differ)."""
+    if parent.hidden_size != child.hidden_size:
+        return []
+    configs = {"large": parent, "small": child}
+    return [(k, entry_after(k, blocks)) for k in block_map_cuts(configs, blocks, step=1)]
 
 
 def derive(cfg: DeriveConfig, out: Path, heal: bool = True) -> dict:
@@ -90,10 +103,11 @@ def derive(cfg: DeriveConfig, out: Path, heal: bool = True) -> dict:
     if heal and cfg.heal_tokens > 0:
         parent.prepack(dtype)  # the teacher only runs inference: its linears in the same precision (head fp32)
         dcfg = DistillConfig(steps=max(1, cfg.heal_tokens // (8 * 256)), seed=cfg.seed,
-                             matmul_dtype=cfg.train_dtype)
+                             matmul_dtype=cfg.train_dtype, route_weight=cfg.route_healing)
         out.mkdir(parents=True, exist_ok=True)
         report["distill"] = distill(parent, child, train_ids[cfg.calibration_tokens:], dcfg,
-                                    checkpoint=out / f".distill-{cfg.fingerprint()}.pt")
+                                    checkpoint=out / f".distill-{cfg.fingerprint()}.pt",
+                                    routes=healing_routes(parent.config, child.config, kept["blocks"]))
         report["val_ppl"]["healed"] = perplexity(model_full_logits(child.prepack()), val_windows).ppl
     report["seconds"] = round(time.perf_counter() - started, 1)
     save_hf_dir(child, out, parent_dir)

@@ -35,6 +35,7 @@ class StitchBuildConfig:
     calibration_tokens: int = 16384
     validation_tokens: int = 4096
     ridge: float = 1e-3
+    identity_start: bool = True  # equal widths: also try the identity as a stitch's start, beside least squares
     train: StitchTrainConfig = field(default_factory=StitchTrainConfig)
 
     def fingerprint(self) -> str:
@@ -52,8 +53,40 @@ def _validate(family: Family, stitches: dict[str, StitchLayer], routes, windows)
     return {row["name"]: {"kl": row["kl"], "ppl": row["ppl"], "top1_agree": row["top1_agree"]} for row in rows}
 
 
+def identity_stitch(like: StitchLayer) -> StitchLayer:
+    """The stitch that hands the large model's residual stream on unchanged (equal widths)."""
+    layer = StitchLayer(like.proj.in_features, like.proj.out_features, like.cut, like.entry)
+    layer.set_affine(torch.eye(like.proj.out_features), torch.zeros(like.proj.out_features))
+    return layer
+
+
+def _key(route) -> str:
+    cut, entry = route.stitches[0]
+    return f"{cut}-{entry}"
+
+
+def best_start(starts: dict[str, dict[str, StitchLayer]], metrics: dict[str, dict[str, dict]], routes):
+    """Per stitched route, the starting stitch with the lowest validation KL; returns the stitches, which start
+    each route took, and the validation metrics of the chosen starts (whole models included)."""
+    first = next(iter(starts))
+    stitches, start_of, chosen = {}, {}, dict(metrics[first])
+    for route in routes:
+        if not route.stitches:
+            continue
+        name = min(starts, key=lambda s: metrics[s][route.name]["kl"])  # ties: the first (least squares)
+        stitches[_key(route)], start_of[route.name], chosen[route.name] = starts[name][_key(route)], name, \
+            metrics[name][route.name]
+    return stitches, start_of, chosen
+
+
 def build_stitches(family: Family, cfg: StitchBuildConfig, out: Path) -> dict:
     """Build (or reuse) the stitches of every candidate route, then keep those on the validation frontier.
+
+    Each stitch starts from the better, on validation KL, of least squares (onto the small model's residual stream
+    at the entry) and, for equal widths, the identity. A sibling pruned from the large model was healed to read
+    a stream like the large model's, so the large stream itself often serves its top blocks better than a fit to
+    what its own pruned bottom produces (docs/STITCHING.md, session 18). Training that makes a route worse on
+    validation is undone.
 
     A candidate that costs as much as a kept route or more and is not better on validation KL and perplexity both
     is screened out (its metrics stay in the manifest under "screened_out"): with a depth-pruned sibling,
@@ -75,15 +108,26 @@ def build_stitches(family: Family, cfg: StitchBuildConfig, out: Path) -> dict:
     calibration = list(ids[: cfg.calibration_tokens].split(512))
     val_windows = token_windows(python_docs_text("validation"), family.tokenizer, 512, cfg.validation_tokens)
 
-    stitches = {}
+    least_squares = {}
     for (cut, entry), (x, y) in paired_activations(family, calibration, pairs).items():
         layer = StitchLayer(family.large.config.hidden_size, family.small.config.hidden_size, cut, entry)
         layer.set_affine(*ridge_affine(x, y, cfg.ridge))
-        stitches[layer.key] = layer
+        least_squares[layer.key] = layer
+    starts = {"least-squares": least_squares}
+    if cfg.identity_start and family.large.config.hidden_size == family.small.config.hidden_size:
+        starts["identity"] = {key: identity_stitch(s) for key, s in least_squares.items()}
+    metrics_starts = {name: _validate(family, s, routes, val_windows) for name, s in starts.items()}
+    stitches, start_of, metrics_init = best_start(starts, metrics_starts, routes)
     save_stitches(stitches, out, "init.safetensors")  # every candidate; the manifest names the ones kept
-    metrics_init = _validate(family, stitches, routes, val_windows)
+    before = {key: (s.proj.weight.detach().clone(), s.proj.bias.detach().clone()) for key, s in stitches.items()}
     train_kl = train_stitches(family, stitches, ids[cfg.calibration_tokens:], cfg.train)
     metrics_trained = _validate(family, stitches, routes, val_windows)
+    untrained = set()  # training that made a route worse on validation is undone: its start is kept
+    for route in routes:
+        if route.stitches and metrics_trained[route.name]["kl"] > metrics_init[route.name]["kl"]:
+            stitches[_key(route)].set_affine(*before[_key(route)])
+            metrics_trained[route.name] = metrics_init[route.name]
+            untrained.add(route.name)
 
     costs = {r.name: r.flops_per_token(configs) for r in routes}
     dropped = dominated(metrics_trained, costs) if cfg.screen else set()
@@ -100,9 +144,13 @@ def build_stitches(family: Family, cfg: StitchBuildConfig, out: Path) -> dict:
                      "tokens": cfg.train.steps * cfg.train.batch * cfg.train.seq_len,
                      "calibration_tokens": cfg.calibration_tokens, "final_train_kl": train_kl,
                      "matmul_dtype": dtype_name(resolve_matmul_dtype(cfg.train.matmul_dtype))},
-        "validation": {"init": {n: m for n, m in metrics_init.items() if n not in dropped},
+        "validation": {"starts": {start: {n: m for n, m in metrics.items() if n in start_of and n not in dropped}
+                                  for start, metrics in metrics_starts.items()},
+                       "init": {n: m for n, m in metrics_init.items() if n not in dropped},
                        "trained": {n: m for n, m in metrics_trained.items() if n not in dropped}},
         "screened_out": {n: {"init": metrics_init[n], "trained": metrics_trained[n]} for n in sorted(dropped)},
+        "start": {n: start for n, start in start_of.items() if n not in dropped},
+        "training_undone": sorted(untrained - dropped),
         "seconds": round(time.perf_counter() - started, 1),
     }
     manifest_path.write_text(json.dumps(manifest, indent=2))
