@@ -147,7 +147,8 @@ def eval_command(
     routes: Annotated[str, typer.Option(help="'all' or comma-separated route names (see `stitchllm routes`).")] = "all",
     max_tokens: Annotated[Optional[int], typer.Option(help="Score at most this many tokens of the text.")] = None,
     window: Annotated[int, typer.Option(help="Scoring window in tokens (no BOS between windows).")] = 512,
-    init: Annotated[bool, typer.Option("--init", help="Use the least-squares stitches, before training.")] = False,
+    init: Annotated[bool, typer.Option("--init", help="Use the stitches' starts (least squares or identity), "
+                                                      "before training.")] = False,
     plot: Annotated[Optional[str], typer.Option(help="Write quality against cost as a PNG here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     model: ModelOpt = "default",
@@ -208,7 +209,7 @@ def stitch_build(
     out: StitchesOpt = None,
     matmul_dtype: MatmulDtypeOpt = "auto",
 ) -> None:
-    """Least-squares init, then KL distillation of every stitch; cached by family fingerprint."""
+    """Least-squares (or identity) start, then KL distillation of every stitch; cached by family fingerprint."""
     from pathlib import Path
 
     from stitchllm.family.family import load_family
@@ -226,8 +227,10 @@ def stitch_build(
     manifest = build_stitches(family, cfg, directory)
     print(f"stitches at {directory} ({manifest['seconds']:.0f} s to build)")
     for name, m in manifest["validation"]["trained"].items():
-        init = manifest["validation"]["init"][name]
-        print(f"{name:>10}  validation KL init {init['kl']:.4f} -> trained {m['kl']:.4f}   ppl {init['ppl']:.2f} -> {m['ppl']:.2f}")
+        init, start = manifest["validation"]["init"][name], manifest.get("start", {}).get(name, "")
+        undone = " (training undone)" if name in manifest.get("training_undone", []) else ""
+        print(f"{name:>10}  validation KL {start or 'model'} {init['kl']:.4f} -> trained {m['kl']:.4f}   "
+              f"ppl {init['ppl']:.2f} -> {m['ppl']:.2f}{undone}")
 
 
 @app.command("routes")

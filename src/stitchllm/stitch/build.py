@@ -1,4 +1,4 @@
-"""`stitch build`: least-squares init then distillation of every stitch of a family, cached by family fingerprint."""
+"""`stitch build`: least-squares (or identity) start, then distillation of every stitch, cached by family fingerprint."""
 
 from __future__ import annotations
 
@@ -74,8 +74,8 @@ def best_start(starts: dict[str, dict[str, StitchLayer]], metrics: dict[str, dic
         if not route.stitches:
             continue
         name = min(starts, key=lambda s: metrics[s][route.name]["kl"])  # ties: the first (least squares)
-        stitches[_key(route)], start_of[route.name], chosen[route.name] = starts[name][_key(route)], name, \
-            metrics[name][route.name]
+        stitches[_key(route)] = starts[name][_key(route)]
+        start_of[route.name], chosen[route.name] = name, metrics[name][route.name]
     return stitches, start_of, chosen
 
 
