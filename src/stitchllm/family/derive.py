@@ -67,12 +67,12 @@ def _train_and_validation_text(cfg: DeriveConfig) -> tuple[str, str]:
 
 def healing_routes(parent: ModelConfig, child: ModelConfig, blocks: list[int]) -> list[tuple[int, int]]:
     """The stitched routes serving will consider on a sibling pruned in depth, as (cut, entry): cut just before a
-    kept block and enter at it (`block_map_cuts`, here every one of them). Their stitch starts as the identity,
-    so healing can train them as they are; a sibling pruned in width has none (the streams differ)."""
+    kept block and enter at it (`block_map_cuts`). Their stitch starts as the identity, so healing can train them
+    as they are; a sibling pruned in width has none (the streams differ)."""
     if parent.hidden_size != child.hidden_size:
         return []
     configs = {"large": parent, "small": child}
-    return [(k, entry_after(k, blocks)) for k in block_map_cuts(configs, blocks, step=1)]
+    return [(k, entry_after(k, blocks)) for k in block_map_cuts(configs, blocks)]
 
 
 def derive(cfg: DeriveConfig, out: Path, heal: bool = True) -> dict:
