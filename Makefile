@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-# Built once, cached under $$STITCHLLM_HOME: the derived sibling (~26 min), its stitches (~15 min), the router (~3 min).
+# Built once, cached under $$STITCHLLM_HOME: the derived sibling (~36 min), its stitches (~15 min), the router (~4 min).
 artifacts: install
 	$(VENV)/bin/stitchllm family derive
 	$(VENV)/bin/stitchllm stitch build
