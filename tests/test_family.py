@@ -170,6 +170,7 @@ def test_route_healing_also_trains_the_stitched_routes(tiny_parent_dir):
         (cut, entry), = routes
         with torch.no_grad():
             teacher = parent(held_out, batch)
-            hidden = child.run_blocks(parent.run_blocks(parent.embed(held_out), batch, None, 0, cut), batch, None, entry)
+            bottom = parent.run_blocks(parent.embed(held_out), batch, None, 0, cut)
+            hidden = child.run_blocks(bottom, batch, None, entry)
             route_kl[weight] = float(kl_to_teacher(teacher, child.head(child.norm(hidden))))
     assert route_kl[1.0] < route_kl[0.0]

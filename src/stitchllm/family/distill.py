@@ -137,7 +137,8 @@ def distill(
               "matmul_dtype": dtype_name(dtype)}
     if use_routes:  # the mean over the routes taken in the last steps (one per micro-batch, in turn)
         report |= {"routes": [list(r) for r in routes], "route_weight": cfg.route_weight,
-                   "route_kl_first": route_losses[0] if route_losses else None, "route_kl_last": _tail_mean(route_losses)}
+                   "route_kl_first": route_losses[0] if route_losses else None,
+                   "route_kl_last": _tail_mean(route_losses)}
     return report
 
 

@@ -1,4 +1,4 @@
-"""`stitch build`: least-squares (or identity) start, then distillation of every stitch, cached by family fingerprint."""
+"""`stitch build`: a least-squares or identity start, then distillation, for every stitch; cached by family."""
 
 from __future__ import annotations
 
