@@ -53,12 +53,8 @@ def kl_to_teacher(teacher_logits: torch.Tensor, student_logits: torch.Tensor) ->
 
 def teacher_pass(teacher: DecoderModel, ids: torch.Tensor, batch: ForwardBatch, cuts: set[int]):
     """ids [T] -> (logits [T, V], {k: residual stream after the teacher's first k blocks [T, D]} for k in cuts)."""
-    hidden, states = teacher.embed(ids), {}
-    for i, block in enumerate(teacher.blocks):
-        hidden = block(hidden, batch)
-        if i + 1 in cuts:
-            states[i + 1] = hidden
-    return teacher.head(teacher.norm(hidden)), states
+    states = teacher.residual_states(ids, batch, cuts)
+    return teacher.head(teacher.norm(states.pop(teacher.config.num_layers))), states
 
 
 def sequence_batches(ids: torch.Tensor, cfg: DistillConfig) -> torch.Tensor:

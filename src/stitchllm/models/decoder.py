@@ -58,6 +58,19 @@ class DecoderModel(nn.Module):
             hidden = self.blocks[i](hidden, batch, cache.layer(i) if cache is not None else None)
         return hidden
 
+    def residual_states(self, ids: torch.Tensor, batch: ForwardBatch, keep: set[int]) -> dict[int, torch.Tensor]:
+        """One cache-free pass: the residual stream [T, D] after block k-1 for every k in `keep` (k = 0: the
+        embeddings), and the final one (before the norm) under key num_layers. Stitched routes start from these
+        states, and their teacher ends in the last one."""
+        hidden = self.embed(ids)
+        states = {0: hidden} if 0 in keep else {}
+        for i, block in enumerate(self.blocks):
+            hidden = block(hidden, batch)
+            if i + 1 in keep:
+                states[i + 1] = hidden
+        states[self.config.num_layers] = hidden
+        return states
+
     def forward(self, ids: torch.Tensor, batch: ForwardBatch, cache: KVCache | None = None) -> torch.Tensor:
         """Packed ids [T] -> logits [T, V] for every new token (full-sequence scoring or prefill)."""
         return self.head(self.norm(self.run_blocks(self.embed(ids), batch, cache)))

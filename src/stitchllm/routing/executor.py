@@ -37,18 +37,10 @@ class RouteExecutor:
         return hidden
 
     def large_pass(self, ids: torch.Tensor, batch: ForwardBatch, keep: set[int]) -> dict[int, torch.Tensor]:
-        """One cache-free pass of the whole large model; returns the residual stream after block k-1 for every k in
-        `keep` (k = 0: the embeddings), and the final one under key n_L. Many routes can then finish from these
+        """One cache-free pass of the whole large model (`DecoderModel.residual_states`): the residual stream after
+        block k-1 for every k in `keep`, and the final one under key n_L. Many routes can then finish from these
         states (scoring, training)."""
-        large = self.family.large
-        hidden = large.embed(ids)
-        states = {0: hidden} if 0 in keep else {}
-        for i, block in enumerate(large.blocks):
-            hidden = block(hidden, batch)
-            if i + 1 in keep:
-                states[i + 1] = hidden
-        states[large.config.num_layers] = hidden
-        return states
+        return self.family.large.residual_states(ids, batch, keep)
 
     def finish(self, route: Route, states: dict[int, torch.Tensor], ids: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         """A one-stitch (or whole-model) route's final hidden, reusing the large model's states from large_pass."""
