@@ -114,18 +114,36 @@ def test_controller_corrects_an_optimistic_plan_with_latency_feedback():
     # the plan was wrong (TPOT at 1.5x its target): step below it, one step per dwell, not past the floor
     costs = [ctl.update(_signal(400.0, pressure=1.5), t) for t in (1.0, 1.5, 2.0, 3.0, 4.0, 5.0)]
     assert costs[:3] == [pytest.approx(planned - 0.1), pytest.approx(planned - 0.1), pytest.approx(planned - 0.2)]
-    assert costs[-1] == pytest.approx(0.4) and ctl.correction == pytest.approx(-0.4)  # floored, owes no more
+    assert costs[-1] == pytest.approx(0.4) and ctl.correction == pytest.approx(0.4 - planned)  # floored, no more
     # latency back well under target and demand gone: the correction unwinds and the target returns to 1
     for t in range(6, 30):
         ctl.update(_signal(50.0, pressure=0.3), float(t))
     assert ctl.target_cost == 1.0 and ctl.correction == 0.0
 
 
+def test_controller_cuts_no_further_than_the_cheapest_route_so_one_calm_moment_restores_the_plan():
+    """Below the cheapest route's cost every request takes it: a cut past it changes nothing, and undoing such
+    cuts one per dwell held the all-cheapest regime under a load whose pressure then sat in the band."""
+    ctl = LoadController(SLOConfig(tpot_ms=200.0, dwell_s=1.0, min_cost=0.4), cheapest_cost=0.6)
+    planned = 0.85 / (0.003 * 400)  # 0.708: a mix
+    assert ctl.update(_signal(400.0), 0.0) == pytest.approx(planned)
+    costs = [ctl.update(_signal(400.0, pressure=1.5), float(t)) for t in range(1, 10)]  # overloaded for 9 s
+    assert costs[0] == pytest.approx(planned - 0.1) and costs[-1] == pytest.approx(0.6)  # onto the floor, no lower
+    assert ctl.correction == pytest.approx(0.6 - planned)
+    for t in range(10, 20):  # in the band: hold
+        assert ctl.update(_signal(400.0, pressure=0.8), float(t)) == pytest.approx(0.6)
+    assert ctl.update(_signal(400.0, pressure=0.5), 20.0) == pytest.approx(0.7)  # one calm moment: a step up
+    assert ctl.correction == pytest.approx(0.7 - planned)
+    # a plan that falls to the floor takes the correction made above it along: nothing is owed below the floor
+    assert ctl.update(_signal(480.0, pressure=0.8), 22.0) == pytest.approx(0.85 / (0.003 * 480))  # all cheapest
+    assert ctl.correction == 0.0
+
+
 def test_controller_routes_by_the_plan_once_it_forgets_a_past_overloads_correction():
     ctl = LoadController(SLOConfig(tpot_ms=200.0, dwell_s=1.0, min_cost=0.4))
     for t in range(6):  # overloaded at 400 tokens/s: floored, 0.4 below a plan of 0.708
         ctl.update(_signal(400.0, pressure=1.5), float(t))
-    assert ctl.target_cost == pytest.approx(0.4) and ctl.correction == pytest.approx(-0.4)
+    assert ctl.target_cost == pytest.approx(0.4) and ctl.correction == pytest.approx(0.4 - 0.85 / 1.2)
     ctl.forget_feedback()  # the engine ran empty; light traffic arrives
     assert ctl.update(_signal(50.0, pressure=0.3), 60.0) == 1.0  # all large at once, not 0.1 per dwell
 

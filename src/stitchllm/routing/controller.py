@@ -109,18 +109,25 @@ class LoadController:
         # Its own cuts it undoes as soon as latency is low; quality beyond the plan it gives only after calm_s.
         may_rise = (p < self.slo.low and self.correction < 0) or calm
         feedback = settled and signal.steerable
-        if feedback and p > self.slo.high and planned + self.correction > self.slo.min_cost:
-            self.correction = round(self.correction - self.slo.step, 9)
+        # Below the floor a cut changes nothing (everyone already takes the cheapest route, or the target is at
+        # min_cost), so the correction stops there: cuts made past it would each have to be undone, one per
+        # dwell, before the target could rise again (wind-up), and under a load that keeps pressure in the band
+        # they never are, which held the all-cheapest regime for the rest of a load the plan could have mixed.
+        floor = max(self.slo.min_cost, self.cheapest_cost)
+        self.correction = max(self.correction, min(0.0, floor - planned))
+        if feedback and p > self.slo.high and planned + self.correction > floor:
+            self.correction = max(round(self.correction - self.slo.step, 9), floor - planned)
         elif feedback and may_rise and planned + self.correction < 1.0:
             if self.correction >= 0:  # a step beyond the plan shows in latency a lifetime later: see calm anew
                 self._calm_since = now
-            self.correction = round(self.correction + self.slo.step, 9)
+            # undoing its own cuts stops at the plan: going beyond it takes calm (a clamped cut is not 0.1)
+            rise = self.correction + self.slo.step
+            self.correction = round(min(rise, 0.0) if self.correction < 0 else rise, 9)
         elif feedback and calm and planned >= 1.0:
             self.correction = 0.0  # all-large by plan and calm: nothing left to correct (no wind-up)
-        want = min(1.0, max(self.slo.min_cost, planned + self.correction))
+        want = round(min(1.0, max(self.slo.min_cost, planned + self.correction)), 9)  # a clamp lands on the floor
         # Small moves wait until they add up to more than the band, except onto the floor, into the all-cheapest
         # regime (a step that no longer reads both models: not a small move) or back to all-large.
-        floor = max(self.slo.min_cost, self.cheapest_cost)
         falling = want < self.target_cost - self.slo.band or want <= floor < self.target_cost
         rising = settled and (want > self.target_cost + self.slo.band or self.target_cost < want == 1.0)
         if falling or rising:

@@ -10,7 +10,7 @@ from stitchllm.eval.perplexity import FullLogitsFn
 from stitchllm.models.batch import ForwardBatch
 from stitchllm.models.kv_cache import KVCache
 from stitchllm.routing.route import Route
-from stitchllm.stitch.layer import StitchLayer
+from stitchllm.stitch.layer import StitchLayer, stitch_key
 
 
 class RouteExecutor:
@@ -20,7 +20,7 @@ class RouteExecutor:
         self.family, self.stitches = family, stitches
 
     def stitch(self, cut: int, entry: int) -> StitchLayer:
-        return self.stitches[f"{cut}-{entry}"]
+        return self.stitches[stitch_key(cut, entry)]
 
     def hidden(
         self, route: Route, ids: torch.Tensor, batch: ForwardBatch, caches: list[KVCache | None] | None = None

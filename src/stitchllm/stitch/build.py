@@ -20,7 +20,7 @@ from stitchllm.routing.executor import RouteExecutor
 from stitchllm.routing.route import enumerate_routes
 from stitchllm.stitch.frontier import dominated
 from stitchllm.stitch.init import paired_activations, ridge_affine
-from stitchllm.stitch.layer import StitchLayer
+from stitchllm.stitch.layer import StitchLayer, stitch_key
 from stitchllm.stitch.store import MANIFEST, save_stitches
 from stitchllm.stitch.train import StitchTrainConfig, train_stitches
 
@@ -60,11 +60,6 @@ def identity_stitch(like: StitchLayer) -> StitchLayer:
     return layer
 
 
-def _key(route) -> str:
-    cut, entry = route.stitches[0]
-    return f"{cut}-{entry}"
-
-
 def best_start(starts: dict[str, dict[str, StitchLayer]], metrics: dict[str, dict[str, dict]], routes):
     """Per stitched route, the starting stitch with the lowest validation KL; returns the stitches, which start
     each route took, and the validation metrics of the chosen starts (whole models included)."""
@@ -74,7 +69,8 @@ def best_start(starts: dict[str, dict[str, StitchLayer]], metrics: dict[str, dic
         if not route.stitches:
             continue
         name = min(starts, key=lambda s: metrics[s][route.name]["kl"])  # ties: the first (least squares)
-        stitches[_key(route)] = starts[name][_key(route)]
+        key = stitch_key(*route.stitches[0])
+        stitches[key] = starts[name][key]
         start_of[route.name], chosen[route.name] = name, metrics[name][route.name]
     return stitches, start_of, chosen
 
@@ -125,7 +121,8 @@ def build_stitches(family: Family, cfg: StitchBuildConfig, out: Path) -> dict:
     untrained = set()  # training that made a route worse on validation is undone: its start is kept
     for route in routes:
         if route.stitches and metrics_trained[route.name]["kl"] > metrics_init[route.name]["kl"]:
-            stitches[_key(route)].set_affine(*before[_key(route)])
+            key = stitch_key(*route.stitches[0])
+            stitches[key].set_affine(*before[key])
             metrics_trained[route.name] = metrics_init[route.name]
             untrained.add(route.name)
 

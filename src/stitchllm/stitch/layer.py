@@ -8,6 +8,11 @@ from torch import nn
 from stitchllm.models.linear import Linear
 
 
+def stitch_key(cut: int, entry: int) -> str:
+    """How stitches are named in a store and looked up by a route: large blocks run, small entry block."""
+    return f"{cut}-{entry}"
+
+
 class StitchLayer(nn.Module):
     """y = x W^T + b from width d_large to d_small; joins large block `cut`-1 to small block `entry`."""
 
@@ -18,7 +23,7 @@ class StitchLayer(nn.Module):
 
     @property
     def key(self) -> str:
-        return f"{self.cut}-{self.entry}"
+        return stitch_key(self.cut, self.entry)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [T, d_large] -> [T, d_small]."""
