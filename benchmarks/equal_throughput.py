@@ -19,12 +19,9 @@ import argparse
 import json
 import statistics
 
-import torch
-
 from stitchllm.bench.report import summarize
-from stitchllm.bench.run import BenchConfig, EngineTarget, quality_labels
-from stitchllm.bench.workload import make_requests, poisson_arrivals
-from stitchllm.data.corpus import python_docs_text
+from stitchllm.bench.run import BenchConfig, EngineTarget, heldout_workload
+from stitchllm.bench.workload import poisson_arrivals
 from stitchllm.routing.catalog import load_catalog
 from stitchllm.stitch.build import stitches_dir
 
@@ -47,9 +44,7 @@ def main() -> None:
                       output_tokens=args.output_tokens, matmul_dtype=args.matmul_dtype)
     catalog = load_catalog()
     stitch_dir = stitches_dir(catalog.family)
-    ids = torch.tensor(catalog.family.tokenizer(python_docs_text("heldout"), add_special_tokens=False)["input_ids"])
-    requests = make_requests(ids, cfg.num_requests, cfg.prompt_tokens, cfg.output_tokens)
-    quality = quality_labels(catalog, stitch_dir, requests, cfg.prompt_tokens, cfg.matmul_dtype)
+    requests, quality = heldout_workload(catalog, stitch_dir, cfg)
     target = EngineTarget(catalog, stitch_dir, cfg)
 
     def row(records, wall, window=None) -> dict:

@@ -15,13 +15,10 @@ import importlib.util
 import json
 import sys
 
-import torch
-
 from stitchllm.bench.driver import run_open_loop
 from stitchllm.bench.report import summarize
-from stitchllm.bench.run import BenchConfig, EngineTarget, quality_labels
-from stitchllm.bench.workload import make_requests, poisson_arrivals
-from stitchllm.data.corpus import python_docs_text
+from stitchllm.bench.run import BenchConfig, EngineTarget, heldout_workload
+from stitchllm.bench.workload import poisson_arrivals
 from stitchllm.routing.catalog import load_catalog
 from stitchllm.stitch.build import stitches_dir
 
@@ -38,9 +35,7 @@ def main() -> None:
     cfg = BenchConfig(policies=("random", "auto"), duration=60.0, output_tokens=128, matmul_dtype="auto")
     catalog = load_catalog()
     stitch_dir = stitches_dir(catalog.family)
-    ids = torch.tensor(catalog.family.tokenizer(python_docs_text("heldout"), add_special_tokens=False)["input_ids"])
-    requests = make_requests(ids, cfg.num_requests, cfg.prompt_tokens, cfg.output_tokens)
-    quality = quality_labels(catalog, stitch_dir, requests, cfg.prompt_tokens, cfg.matmul_dtype)
+    requests, quality = heldout_workload(catalog, stitch_dir, cfg)
     target = EngineTarget(catalog, stitch_dir, cfg)
     capacity = summarize(*target.closed_loop("large", requests, cfg.concurrency, 40.0, cfg.output_tokens),
                          cfg.slo_ttft_ms, cfg.slo_tpot_ms, quality)["throughput_rps"]

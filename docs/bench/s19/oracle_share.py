@@ -7,19 +7,13 @@ every request's top-1 puts on `large` the requests where `small` agrees least. L
 (`quality_labels`, the 256 held-out requests of `benchmarks/equal_throughput.py`, bf16 matmuls where native).
 """
 
-import torch
-
-from stitchllm.bench.run import BenchConfig, quality_labels
-from stitchllm.bench.workload import make_requests
-from stitchllm.data.corpus import python_docs_text
+from stitchllm.bench.run import BenchConfig, heldout_workload
 from stitchllm.routing.catalog import load_catalog
 from stitchllm.stitch.build import stitches_dir
 
 cfg = BenchConfig(output_tokens=128, matmul_dtype="auto")
 catalog = load_catalog()
-ids = torch.tensor(catalog.family.tokenizer(python_docs_text("heldout"), add_special_tokens=False)["input_ids"])
-requests = make_requests(ids, cfg.num_requests, cfg.prompt_tokens, cfg.output_tokens)
-labels = quality_labels(catalog, stitches_dir(catalog.family), requests, cfg.prompt_tokens, cfg.matmul_dtype)
+_, labels = heldout_workload(catalog, stitches_dir(catalog.family), cfg)
 small = labels.agree[:, labels.route_names.index("small")]  # [N] top-1 agreement of `small` with `large`
 worst_first = small.sort().values
 print("| share on `large` | random top-1 | oracle top-1 | oracle - random |")

@@ -13,6 +13,7 @@ from stitchllm.bench.driver import run_closed_loop, run_open_loop
 from stitchllm.bench.peers import llama_cpp_single_stream, transformers_generate
 from stitchllm.bench.report import summarize
 from stitchllm.bench.workload import make_requests, poisson_arrivals
+from stitchllm.data.corpus import python_docs_text
 from stitchllm.engine.build import engine_from_catalog
 from stitchllm.engine.config import EngineConfig
 from stitchllm.models.linear import dtype_name, resolve_matmul_dtype
@@ -103,6 +104,14 @@ def quality_labels(catalog: RouteCatalog, stitch_dir, requests, prompt_tokens: i
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(asdict(data), path)
     return data
+
+
+def heldout_workload(catalog: RouteCatalog, stitch_dir, cfg: BenchConfig) -> tuple[list, RouterDataset]:
+    """The bench's requests cut from the built-in held-out text (what `stitchllm bench` runs without --text),
+    with every route's quality labels on them: the setup the scripts in benchmarks/ share."""
+    ids = torch.tensor(catalog.family.tokenizer(python_docs_text("heldout"), add_special_tokens=False)["input_ids"])
+    requests = make_requests(ids, cfg.num_requests, cfg.prompt_tokens, cfg.output_tokens)
+    return requests, quality_labels(catalog, stitch_dir, requests, cfg.prompt_tokens, cfg.matmul_dtype)
 
 
 def sweep_rates(saturation_rows: list[dict]) -> tuple[float, ...]:
