@@ -108,7 +108,7 @@ def quality_labels(catalog: RouteCatalog, stitch_dir, requests, prompt_tokens: i
 
 def heldout_workload(catalog: RouteCatalog, stitch_dir, cfg: BenchConfig) -> tuple[list, RouterDataset]:
     """The bench's requests cut from the built-in held-out text (what `stitchllm bench` runs without --text),
-    with every route's quality labels on them: the setup the scripts in benchmarks/ share."""
+    with every route's quality labels on them: the setup the benchmark scripts share."""
     ids = torch.tensor(catalog.family.tokenizer(python_docs_text("heldout"), add_special_tokens=False)["input_ids"])
     requests = make_requests(ids, cfg.num_requests, cfg.prompt_tokens, cfg.output_tokens)
     return requests, quality_labels(catalog, stitch_dir, requests, cfg.prompt_tokens, cfg.matmul_dtype)
