@@ -106,12 +106,17 @@ def quality_labels(catalog: RouteCatalog, stitch_dir, requests, prompt_tokens: i
     return data
 
 
-def heldout_workload(catalog: RouteCatalog, stitch_dir, cfg: BenchConfig) -> tuple[list, RouterDataset]:
-    """The bench's requests cut from the built-in held-out text (what `stitchllm bench` runs without --text),
-    with every route's quality labels on them: the setup the benchmark scripts share."""
-    ids = torch.tensor(catalog.family.tokenizer(python_docs_text("heldout"), add_special_tokens=False)["input_ids"])
-    requests = make_requests(ids, cfg.num_requests, cfg.prompt_tokens, cfg.output_tokens)
+def workload(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: BenchConfig) -> tuple[list, RouterDataset]:
+    """The bench's requests cut from `text_ids`, with every route's quality labels on them."""
+    requests = make_requests(text_ids, cfg.num_requests, cfg.prompt_tokens, cfg.output_tokens)
     return requests, quality_labels(catalog, stitch_dir, requests, cfg.prompt_tokens, cfg.matmul_dtype)
+
+
+def heldout_workload(catalog: RouteCatalog, stitch_dir, cfg: BenchConfig) -> tuple[list, RouterDataset]:
+    """`workload` on the built-in held-out text (what `stitchllm bench` runs without --text): the setup the
+    benchmark scripts share."""
+    ids = torch.tensor(catalog.family.tokenizer(python_docs_text("heldout"), add_special_tokens=False)["input_ids"])
+    return workload(catalog, stitch_dir, ids, cfg)
 
 
 def sweep_rates(saturation_rows: list[dict]) -> tuple[float, ...]:
@@ -127,8 +132,7 @@ def run_bench(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: Be
     then the peers. `target` serves the requests: the in-process engine by default, or a `ServerTarget`;
     `gguf` is the large model's GGUF file when there is one (llama.cpp's input)."""
     target = target or EngineTarget(catalog, stitch_dir, cfg)
-    requests = make_requests(text_ids, cfg.num_requests, cfg.prompt_tokens, cfg.output_tokens)
-    quality = quality_labels(catalog, stitch_dir, requests, cfg.prompt_tokens, cfg.matmul_dtype)
+    requests, quality = workload(catalog, stitch_dir, text_ids, cfg)
 
     def saturate() -> list[dict]:
         rows = []
