@@ -130,6 +130,7 @@ def test_auto_routes_light_load_to_large_and_a_burst_to_the_cheapest_route(tiny_
         engine = LLMEngine(catalog, EngineConfig(max_model_len=128, max_num_seqs=64, max_num_batched_tokens=256,
                                                  slo=slo), router, manifest["thresholds"])
         assert engine.step_time.fit()[1] > 0  # profiled at startup: the plan works from the first request
+        assert engine.step_time.held_per_read > 0  # and the fixed time of a step measured there, then held
         for i, p in enumerate(prompts(n, seed=4)):
             engine.add_request(f"d{i}", p, params)
         run_to_completion(engine)

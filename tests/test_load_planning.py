@@ -21,6 +21,22 @@ def test_step_time_model_separates_fixed_time_per_weight_read_from_per_token_tim
     assert per_read == pytest.approx(0.02, rel=0.05) and per_token == pytest.approx(0.003, rel=0.01)
 
 
+def test_step_time_model_holds_a_measured_fixed_time_and_fits_only_per_token_time_through_it():
+    """Steady load: every step of one regime (all-small, 0.6 units) with 90-110 tokens, whose time per token grows
+    with the batch (decode attention). From such steps a free fit cannot separate the fixed time from the
+    per-token time (the reads never vary, the work barely), and whatever it guesses the plan multiplies by
+    1.6 / 0.6 for a mixed step; held at its measured value, the fixed time stays right."""
+    truth = lambda reads, work: 0.02 * reads + 0.003 * work * (1 + work / 200)  # noqa: E731
+    model = StepTimeModel(read_unit=1.0)
+    model.hold_per_read(0.02)
+    for i in range(200):
+        work = 90.0 + (i % 21)
+        model.observe(0.6, work, truth(0.6, work))
+    per_read, per_token = model.fit()
+    assert per_read == 0.02
+    assert 1.6 * per_read + 100 * per_token == pytest.approx(truth(1.6, 100.0), rel=0.02)  # a mixed step
+
+
 def test_step_time_model_with_identical_steps_charges_per_token():
     model = StepTimeModel()
     for _ in range(20):

@@ -76,7 +76,7 @@ def test_controller_sheds_cost_under_overload_and_returns_to_large():
     ctl = LoadController(slo)
     calm = LoadSignal(waiting=0, ttft_p90_ms=200, tpot_p90_ms=40)
     hot = LoadSignal(waiting=20, ttft_p90_ms=3000, tpot_p90_ms=150)
-    band = LoadSignal(waiting=6, ttft_p90_ms=700, tpot_p90_ms=70)  # pressure 0.75: inside the hysteresis band
+    band = LoadSignal(waiting=7, ttft_p90_ms=700, tpot_p90_ms=70)  # pressure 0.875: inside the hysteresis band
     t = 0.0
     for _ in range(5):
         t += 1.0

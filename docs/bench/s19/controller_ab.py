@@ -44,7 +44,7 @@ def main() -> None:
     for seed in range(args.seeds):
         arrivals = poisson_arrivals(rate, cfg.duration, seed)
         for name in ("random", "auto", "auto-baseline"):
-            engine = target._engine(name.removesuffix("-baseline"))
+            engine = target.engine(name.removesuffix("-baseline"))
             if name == "auto-baseline":
                 engine.controller = baseline.LoadController(engine.config.slo, cheapest_cost=engine.costs[0])
             s = summarize(*run_open_loop(engine, requests, arrivals, cfg.output_tokens), cfg.slo_ttft_ms,

@@ -22,7 +22,7 @@ target = EngineTarget(catalog, sd, cfg)
 for seed in seeds:
     arrivals = poisson_arrivals(rate, cfg.duration, seed)
     for policy in policies:
-        eng = target._engine(policy)
+        eng = target.engine(policy)
         log = []
         if policy == "auto":
             orig = eng.controller.update

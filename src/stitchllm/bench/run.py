@@ -55,7 +55,8 @@ class EngineTarget:
     def __init__(self, catalog: RouteCatalog, stitch_dir, cfg: BenchConfig):
         self.catalog, self.stitch_dir, self.cfg = catalog, stitch_dir, cfg
 
-    def _engine(self, policy: str):
+    def engine(self, policy: str):
+        """A fresh engine running `policy` (the scripts in docs/bench/ also change its controller before use)."""
         cfg = self.cfg
         config = EngineConfig(max_model_len=cfg.prompt_tokens + cfg.output_tokens + 8, max_num_seqs=cfg.concurrency,
                               max_num_batched_tokens=max(512, cfg.prompt_tokens),
@@ -65,10 +66,10 @@ class EngineTarget:
         return engine_from_catalog(self.catalog, self.stitch_dir, config)
 
     def open_loop(self, policy: str, requests, arrivals: list[float], output_tokens: int):
-        return run_open_loop(self._engine(policy), requests, arrivals, output_tokens)
+        return run_open_loop(self.engine(policy), requests, arrivals, output_tokens)
 
     def closed_loop(self, policy: str, requests, concurrency: int, duration: float, output_tokens: int):
-        return run_closed_loop(self._engine(policy), requests, concurrency, duration, output_tokens)
+        return run_closed_loop(self.engine(policy), requests, concurrency, duration, output_tokens)
 
 
 def _peers(catalog: RouteCatalog, requests, gguf: Path | None, cfg: BenchConfig) -> list[dict]:
