@@ -1,7 +1,7 @@
 """Quality at equal throughput, repeated: policies at one offered load, several Poisson arrival seeds, interleaved.
 
-    .venv/bin/python benchmarks/equal_throughput.py [--fraction 1.25 | --rate R] [--seeds 4] [--duration 60]
-        [--policies random,whole-model,auto] [--output-tokens 128] [--matmul-dtype auto] [--json]
+    .venv/bin/python benchmarks/equal_throughput.py [--fraction 1.25 | --rate R] [--seeds 4] [--first-seed 0]
+        [--duration 60] [--policies random,whole-model,auto] [--output-tokens 128] [--matmul-dtype auto] [--json]
 
 `stitchllm bench` runs each rate once, with one arrival seed; near the large model's capacity one 60 s window
 decides which policy served more requests on `large` by a few percent, within the run-to-run spread. This runs
@@ -11,21 +11,42 @@ first in the same run, as `bench --sweep` does, or a fixed `--rate` (req/s): one
 on this shared machine has read anywhere from 2.9 to 3.5 req/s within an hour, so a rate taken from the
 saturation run of `stitchllm bench` can be the steadier basis. Same engine, SLOs and quality labels as
 `stitchllm bench`.
+
+A policy `auto:FIELD=VALUE/...` is `auto` with its controller's `SLOConfig` fields overridden, and `free_fit=1`
+for session 19's step-time model (the fixed time fitted online instead of held from the startup profile): an A/B
+of controller settings under the same arrivals, e.g. `--policies random,auto,auto:low=0.6/free_fit=1` puts
+session 19's controller beside the shipped one.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 
+from stitchllm.bench.driver import run_open_loop
 from stitchllm.bench.report import summarize
 from stitchllm.bench.run import BenchConfig, EngineTarget, heldout_workload
 from stitchllm.bench.workload import poisson_arrivals
 from stitchllm.routing.catalog import load_catalog
+from stitchllm.routing.controller import LoadController
 from stitchllm.stitch.build import stitches_dir
 
 FIELDS = ("slo_attainment", "quality_top1", "quality_ppl", "tpot_p90_ms", "ttft_p90_ms")
+
+
+def policy_engine(target: EngineTarget, policy: str):
+    """A fresh engine for `policy`; 'auto:low=0.6/free_fit=1' -> `auto` with those controller settings."""
+    name, _, spec = policy.partition(":")
+    if name != "auto" or not spec:  # `fixed:ROUTE` and the plain policies
+        return target.engine(policy)
+    engine = target.engine("auto")
+    fields = {k: float(v) for k, v in (kv.split("=") for kv in spec.split("/"))}
+    if fields.pop("free_fit", 0):
+        engine.step_time.held_per_read = None
+    engine.controller = LoadController(dataclasses.replace(engine.config.slo, **fields), cheapest_cost=engine.costs[0])
+    return engine
 
 
 def main() -> None:
@@ -33,6 +54,7 @@ def main() -> None:
     ap.add_argument("--fraction", type=float, default=1.25)
     ap.add_argument("--rate", type=float, default=None, help="offered req/s (instead of fraction x capacity)")
     ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--policies", default="random,whole-model,auto")
     ap.add_argument("--output-tokens", type=int, default=128)
@@ -54,10 +76,10 @@ def main() -> None:
                                        cfg.output_tokens))["throughput_rps"]
     rate = args.rate if args.rate is not None else round(capacity * args.fraction, 2)
     rows = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         arrivals = poisson_arrivals(rate, cfg.duration, seed)
         for policy in cfg.policies:
-            s = row(*target.open_loop(policy, requests, arrivals, cfg.output_tokens), cfg.duration)
+            s = row(*run_open_loop(policy_engine(target, policy), requests, arrivals, cfg.output_tokens), cfg.duration)
             rows.append({"seed": seed, "policy": policy, "large_share": s["route_mix"].get("large", 0.0)}
                         | {k: s[k] for k in FIELDS})
             if args.json:

@@ -1,4 +1,4 @@
-"""Markdown table of `controller_variants.py` output: one row per seed and policy, then the means.
+"""Markdown table of `benchmarks/equal_throughput.py --json` output: one row per seed and policy, then the means.
 
     .venv/bin/python docs/bench/s20/table.py FILE.jsonl
 """
