@@ -55,6 +55,7 @@ def test_demand_meter_learns_output_length():
     for i in range(40, 80):
         meter.arrive(i * 0.5, 64, 128)
     assert meter.tokens_per_s(39.5) == pytest.approx(192, rel=0.06)
+    assert meter.output_tokens_per_s(39.5) == pytest.approx(2 * 32, rel=0.06)  # x the step time: in flight
     assert meter.expected_output(16) == 16  # never more than the request allows
 
 
@@ -100,6 +101,17 @@ def test_plan_pays_both_models_fixed_time_when_routes_mix():
     # a mix would afford 0.571, below the cheapest route: mixing is worse than not, so everyone takes it
     assert plan(250.0) == 0.6
     assert plan(500.0) == pytest.approx((1 - 30 / 140) / 1.5)  # even the cheapest route falls short
+
+
+def test_plan_keeps_the_requests_in_flight_within_the_sequence_slots():
+    """Steps of 20 ms + 3 ms per large-model token, 200 tokens/s of demand: the TPOT target alone (140 ms steps)
+    affords all-large, t = 20 / (1 - 0.6) = 50 ms. But if the arrivals fill every slot at 40 ms steps (Little's
+    law: slots / output tokens per second), the plan keeps steps under max_slot_fill x 40 ms = 34 ms, which
+    affords only (1 - 20 / 34) / 0.6."""
+    ctl = LoadController(SLOConfig(tpot_ms=200.0, plan_tpot=0.7, max_utilisation=1.0, max_slot_fill=0.85))
+    assert ctl.planned_cost(dataclasses.replace(_signal(200.0), slot_step_s=1.0)) == 1.0  # slots to spare
+    assert ctl.planned_cost(dataclasses.replace(_signal(200.0), slot_step_s=0.04)) == pytest.approx(
+        (1 - 0.02 / 0.034) / 0.6)
 
 
 def test_controller_plans_for_demand_at_once_and_gives_back_after_dwell():

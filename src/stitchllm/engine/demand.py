@@ -18,7 +18,7 @@ class DemandMeter:
 
     def __init__(self, window_s: float = 10.0, hold_s: float = 30.0, min_span_s: float = 2.0):
         self.window_s, self.hold_s, self.min_span_s = window_s, max(hold_s, window_s), min_span_s
-        self._arrivals: deque[tuple[float, int]] = deque()  # (time, expected tokens)
+        self._arrivals: deque[tuple[float, int, int]] = deque()  # (time, expected tokens, of them output)
         self._outputs: deque[int] = deque(maxlen=64)  # output lengths of recently finished requests
         self._first: float | None = None
 
@@ -29,7 +29,8 @@ class DemandMeter:
 
     def arrive(self, now: float, prompt_tokens: int, max_tokens: int) -> None:
         self._first = now if self._first is None else self._first
-        self._arrivals.append((now, prompt_tokens + self.expected_output(max_tokens)))
+        output = self.expected_output(max_tokens)
+        self._arrivals.append((now, prompt_tokens + output, output))
 
     def finished(self, output_tokens: int) -> None:
         self._outputs.append(output_tokens)
@@ -41,14 +42,22 @@ class DemandMeter:
         self._first = None
 
     def tokens_per_s(self, now: float) -> float:
+        """Prompt and expected output tokens arriving per second."""
+        return self._held_rate(now, 1)
+
+    def output_tokens_per_s(self, now: float) -> float:
+        """Expected output tokens arriving per second: by Little's law, x the step time = sequences in flight."""
+        return self._held_rate(now, 2)
+
+    def _held_rate(self, now: float, field: int) -> float:
         while self._arrivals and self._arrivals[0][0] < now - self.hold_s:
             self._arrivals.popleft()
         if self._first is None:
             return 0.0
-        return max(self._rate(now, self.window_s), self._rate(now, self.hold_s))
+        return max(self._rate(now, self.window_s, field), self._rate(now, self.hold_s, field))
 
-    def _rate(self, now: float, window_s: float) -> float:
+    def _rate(self, now: float, window_s: float, field: int) -> float:
         # A young meter divides by the time it has watched (at least min_span_s, so one early burst is not
         # read as a rate of thousands per second).
         span = min(window_s, max(self.min_span_s, now - self._first))
-        return sum(tokens for t, tokens in self._arrivals if t >= now - window_s) / span
+        return sum(a[field] for a in self._arrivals if a[0] >= now - window_s) / span

@@ -221,8 +221,16 @@ class LLMEngine:
         signal = LoadSignal(len(self.scheduler.waiting), self.recent_ttft.p90(now), tpot_p90,
                             max(self.demand.tokens_per_s(now), self._backlog_tok_s()), per_token,
                             per_read, per_read * self.reads_mixed, per_read * self.reads_cheapest,
-                            steerable=self._has_unpinned(), request_life_s=self._request_life_s(tpot_p90))
+                            steerable=self._has_unpinned(), request_life_s=self._request_life_s(tpot_p90),
+                            slot_step_s=self._slot_step_s(now))
         self.controller.update(signal, now)
+
+    def _slot_step_s(self, now: float) -> float:
+        """The step time at which the arriving requests would occupy every sequence slot: in flight = arrivals/s
+        x output tokens each x step time, and the output tokens arriving per second are measured."""
+        output_tok_s = self.demand.output_tokens_per_s(now)
+        slots = min(self.config.max_num_seqs, self.kv.capacity["large"])
+        return slots / output_tok_s if output_tok_s > 0 else 0.0
 
     def _request_life_s(self, tpot_p90_ms: float) -> float:
         """How long the running requests stay in the engine: their mean expected output x the TPOT p90."""

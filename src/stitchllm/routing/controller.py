@@ -25,6 +25,9 @@ class SLOConfig:
     # the batch takes to fill, one lifetime; before that, low latency only says the batch is not full yet
     plan_tpot: float = 0.7  # plan for a step time of this fraction of the TPOT target
     max_utilisation: float = 0.85  # and never for more of the engine's time than this (Poisson bursts queue)
+    max_slot_fill: float = 0.85  # nor for more of the engine's sequence slots in flight than this: a step that
+    # meets the TPOT target can still be too slow to turn the slots over (LoadSignal.slot_step_s), and then
+    # arrivals wait for a slot and miss the TTFT target (BENCHMARKS.md, session 21)
 
 
 @dataclass
@@ -42,6 +45,8 @@ class LoadSignal:
     overhead_cheapest_s: float = 0.0  # ... when every request takes the cheapest route
     steerable: bool = True  # some request in the engine has its route chosen by the policy (not pinned)
     request_life_s: float = 0.0  # how long a request now stays in the engine (expected output x TPOT)
+    slot_step_s: float = 0.0  # the step time at which the arrivals would fill every sequence slot (Little's law:
+    # slots / expected output tokens arriving per second); 0 while unknown
 
 
 class LoadController:
@@ -93,8 +98,12 @@ class LoadController:
     def _affordable(self, s: LoadSignal, overhead_s: float) -> float:
         """With steps of a + b x work and D tokens/s arriving at average cost c, the batch grows until a step
         takes t = a / (1 - b D c) (each step serves the t x D c work that arrived during the one before). Keeping
-        t under plan_tpot x the TPOT target and b D c under max_utilisation gives the largest affordable c."""
-        budget = 1.0 - overhead_s / (self.slo.plan_tpot * self.slo.tpot_ms / 1000)
+        t under plan_tpot x the TPOT target (and under max_slot_fill x slot_step_s, so that the requests in
+        flight fit the slots) and b D c under max_utilisation gives the largest affordable c."""
+        step_s = self.slo.plan_tpot * self.slo.tpot_ms / 1000
+        if s.slot_step_s > 0:
+            step_s = min(step_s, self.slo.max_slot_fill * s.slot_step_s)
+        budget = 1.0 - overhead_s / step_s
         return min(self.slo.max_utilisation, budget) / (s.step_s_per_token * s.demand_tok_s)
 
     def update(self, signal: LoadSignal, now: float) -> float:
