@@ -56,7 +56,7 @@ class EngineTarget:
         self.catalog, self.stitch_dir, self.cfg = catalog, stitch_dir, cfg
 
     def engine(self, policy: str):
-        """A fresh engine running `policy` (the scripts in docs/bench/ also change its controller before use)."""
+        """A fresh engine running `policy` (`benchmarks/equal_throughput.py` may swap its controller before use)."""
         cfg = self.cfg
         config = EngineConfig(max_model_len=cfg.prompt_tokens + cfg.output_tokens + 8, max_num_seqs=cfg.concurrency,
                               max_num_batched_tokens=max(512, cfg.prompt_tokens),

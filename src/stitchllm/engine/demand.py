@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 from collections import deque
+from typing import NamedTuple
+
+
+class Arrival(NamedTuple):
+    time: float
+    tokens: int  # prompt + expected output
+    output: int  # expected output alone
 
 
 class DemandMeter:
@@ -18,7 +25,7 @@ class DemandMeter:
 
     def __init__(self, window_s: float = 10.0, hold_s: float = 30.0, min_span_s: float = 2.0):
         self.window_s, self.hold_s, self.min_span_s = window_s, max(hold_s, window_s), min_span_s
-        self._arrivals: deque[tuple[float, int, int]] = deque()  # (time, expected tokens, of them output)
+        self._arrivals: deque[Arrival] = deque()
         self._outputs: deque[int] = deque(maxlen=64)  # output lengths of recently finished requests
         self._first: float | None = None
 
@@ -30,7 +37,7 @@ class DemandMeter:
     def arrive(self, now: float, prompt_tokens: int, max_tokens: int) -> None:
         self._first = now if self._first is None else self._first
         output = self.expected_output(max_tokens)
-        self._arrivals.append((now, prompt_tokens + output, output))
+        self._arrivals.append(Arrival(now, prompt_tokens + output, output))
 
     def finished(self, output_tokens: int) -> None:
         self._outputs.append(output_tokens)
@@ -43,21 +50,21 @@ class DemandMeter:
 
     def tokens_per_s(self, now: float) -> float:
         """Prompt and expected output tokens arriving per second."""
-        return self._held_rate(now, 1)
+        return self._held_rate(now, "tokens")
 
     def output_tokens_per_s(self, now: float) -> float:
         """Expected output tokens arriving per second: by Little's law, x the step time = sequences in flight."""
-        return self._held_rate(now, 2)
+        return self._held_rate(now, "output")
 
-    def _held_rate(self, now: float, field: int) -> float:
-        while self._arrivals and self._arrivals[0][0] < now - self.hold_s:
+    def _held_rate(self, now: float, field: str) -> float:
+        while self._arrivals and self._arrivals[0].time < now - self.hold_s:
             self._arrivals.popleft()
         if self._first is None:
             return 0.0
         return max(self._rate(now, self.window_s, field), self._rate(now, self.hold_s, field))
 
-    def _rate(self, now: float, window_s: float, field: int) -> float:
+    def _rate(self, now: float, window_s: float, field: str) -> float:
         # A young meter divides by the time it has watched (at least min_span_s, so one early burst is not
         # read as a rate of thousands per second).
         span = min(window_s, max(self.min_span_s, now - self._first))
-        return sum(a[field] for a in self._arrivals if a[0] >= now - window_s) / span
+        return sum(getattr(a, field) for a in self._arrivals if a.time >= now - window_s) / span
