@@ -5,6 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
+def _bf16_reason() -> str:
+    from stitchllm.models.cpu import cpu_features
+
+    return f"this CPU ({cpu_features().describe()}) cannot run bf16 matmuls through oneDNN"
+
+
+def needs_bf16(test):
+    """Skip `test` (saying why) where oneDNN cannot run bf16 matmuls, e.g. an AVX2-only CPU."""
+    from stitchllm.models.cpu import cpu_features
+
+    return pytest.mark.skipif(not cpu_features().bf16_matmul, reason=_bf16_reason())(test)
+
+
 TINY = dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
 

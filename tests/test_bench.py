@@ -9,6 +9,10 @@ import pytest
 
 
 def test_bench_smoke_prints_valid_json(tiny_catalog, tiny_parent_dir, tiny_sibling, tmp_path):
+    """bf16 matmuls where this CPU runs them (the engine and a like-for-like transformers peer), fp32 elsewhere."""
+    from stitchllm.models.cpu import cpu_features
+
+    dtype = "bfloat16" if cpu_features().bf16_matmul else "float32"
     _, stitch_dir, _, _ = tiny_catalog
     text = tmp_path / "prompts.txt"
     text.write_text("Benchmarks drive the engine with Poisson arrivals and report latency percentiles. " * 40)
@@ -17,7 +21,7 @@ def test_bench_smoke_prints_valid_json(tiny_catalog, tiny_parent_dir, tiny_sibli
         [sys.executable, "-m", "stitchllm.cli", "bench", "--model", str(tiny_parent_dir), "--small",
          str(tiny_sibling[0]), "--stitches", str(stitch_dir), "--policies", "large,random,auto", "--rates", "4",
          "--duration", "2", "--saturation-duration", "2", "--prompt-tokens", "16", "--output-tokens", "4",
-         "--concurrency", "4", "--peer-batch", "4", "--matmul-dtype", "bfloat16",
+         "--concurrency", "4", "--peer-batch", "4", "--matmul-dtype", dtype,
          "--text", str(text), "--json"], capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
@@ -28,10 +32,10 @@ def test_bench_smoke_prints_valid_json(tiny_catalog, tiny_parent_dir, tiny_sibli
     assert large["requests"] > 0 and large["throughput_tok_s"] > 0 and 0.0 <= large["slo_attainment"] <= 1.0
     assert large["goodput_rps"] == pytest.approx(large["slo_attainment"] * large["requests"] / 2.0)  # --duration 2
     assert report["saturation_quality"]["large"]["top1"] == 1.0
-    assert report["config"]["matmul_dtype"] == "bfloat16"
+    assert report["config"]["matmul_dtype"] == dtype
     # no GGUF for a tiny model: transformers only, in fp32 and (like the engine) bf16
-    assert [p["system"] for p in report["peers"]] == ["transformers generate (batch 4, fp32)",
-                                                       "transformers generate (batch 4, bf16)"]
+    assert [p["system"] for p in report["peers"]] == ["transformers generate (batch 4, fp32)"] + (
+        ["transformers generate (batch 4, bf16)"] if dtype == "bfloat16" else [])
     assert all(p["throughput_tok_s"] > 0 for p in report["peers"])
 
 
@@ -157,3 +161,14 @@ def test_bench_rejects_unknown_matmul_dtype():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr == "error: unknown matmul dtype 'fp16': use auto, float32, bfloat16\n"
+
+
+def test_bench_refuses_bf16_on_a_cpu_without_it():
+    """What an AVX2-only CPU answers (STITCHLLM_CPU_BF16=0 makes any CPU answer so): one line, exit 2."""
+    env = os.environ | {"STITCHLLM_CPU_BF16": "0"}
+    result = subprocess.run([sys.executable, "-m", "stitchllm.cli", "bench", "--matmul-dtype", "bfloat16"],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: bfloat16 matmuls need a CPU with AVX512BW/VL/DQ or AVX-NE-CONVERT")
+    assert result.stderr.endswith("use --matmul-dtype auto or float32\n")

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import needs_bf16
 
 from stitchllm.data.corpus import python_docs_text
 from stitchllm.errors import StitchError
@@ -73,6 +74,7 @@ def test_bad_requests_are_refused(tiny_parent_dir, target, message):
         target.check_against(load_config(tiny_parent_dir))
 
 
+@needs_bf16
 def test_bf16_healing_tracks_fp32(tiny_parent_dir, tiny_sibling):
     """Healing under bf16 autocast (the default where the CPU has native bf16) learns as fp32 does."""
     from stitchllm.data.corpus import python_docs_text

@@ -51,7 +51,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_cli_bad_input_is_one_line_and_nonzero(tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"\xff\xfe not utf-8")
-    for args, message in [(["generate", ""], "prompt is empty"),
+    for args, message in [(["generate", "", "--family", "smollm2"], "prompt is empty"),
                           (["eval", "--text", str(bad)], "is not UTF-8 text"),
                           (["generate", "hi", "--model", str(tmp_path / "nope")], "model path not found"),
                           (["family", "derive", "--matmul-dtype", "fp8", "--out", str(tmp_path / "sib")],
@@ -76,7 +76,7 @@ def test_prompt_longer_than_context_is_refused(smollm2):
 def test_cli_eval_large_json(tmp_path):
     text = tmp_path / "held_out.txt"
     text.write_text("Perplexity is the exponential of the mean negative log-likelihood per token. " * 20)
-    result = run_cli("eval", "--text", str(text), "--routes", "large", "--json", "--window", "64")
+    result = run_cli("eval", "--text", str(text), "--routes", "large", "--json", "--window", "64", "--family", "smollm2")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     (row,) = report["routes"]

@@ -45,8 +45,24 @@ def test_smollm2_logits_match_transformers(smollm2):
 
 
 def test_config_facts(smollm2):
+    from stitchllm.models.decoder import DecoderModel
+
     c = smollm2[0].config
     assert (c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.vocab_size) == (30, 576, 9, 3, 49152)
     assert c.tie_word_embeddings
-    assert c.total_params == sum(p.numel() for p in smollm2[0].parameters())
-    assert c.block_params == sum(p.numel() for p in smollm2[0].blocks[0].parameters())
+    with torch.device("meta"):  # the loaded model's packed weights replaced its dense ones: count a skeleton
+        skeleton = DecoderModel(c)
+    assert c.total_params == sum(p.numel() for p in skeleton.parameters())
+    assert c.block_params == sum(p.numel() for p in skeleton.blocks[0].parameters())
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_tiny_qwen2_heads_untied_and_tied_match_transformers(tmp_path, tied):
+    """Qwen2.5-Coder 0.5B and 1.5B ship untied heads (converted from GGUF): both layouts load exactly."""
+    hf = save_tiny_hf_model(tmp_path, "qwen2", tie_word_embeddings=tied)
+    model = load_model(tmp_path)
+    assert model.config.tie_word_embeddings == tied
+    ids = torch.randint(0, 320, (29,), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = hf(ids[None]).logits[0]
+    torch.testing.assert_close(model(ids, full_batch(len(ids))), expected, atol=1e-4, rtol=0)

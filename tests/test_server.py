@@ -215,7 +215,7 @@ def test_engine_is_built_and_stepped_on_its_own_thread(tiny_catalog):
 def test_text_tracker_streams_whole_characters_and_cuts_at_a_stop_string(tiny_catalog, rust_backend):
     """Token by token, as the engine hands them out: multi-byte characters split across tokens are never sent
     half, the pieces join to the tokenizer's own decode, and a stop string spanning tokens ends the text."""
-    from stitchllm.server.serving import TextTracker
+    from stitchllm.server.text import TextTracker
 
     tokenizer = tiny_catalog[0].family.tokenizer
     text = "Héllo 🙂🚀 日本語のテキスト, don't stop. END of it"

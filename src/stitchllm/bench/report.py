@@ -16,18 +16,18 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def summarize(records: list[Record], wall: float, slo_ttft_ms: float, slo_tpot_ms: float,
-              quality: RouterDataset, arrival_window: float | None = None) -> dict:
+              quality: RouterDataset | None, arrival_window: float | None = None) -> dict:
     """One result row: throughput, latency p50/p90/p99, goodput, route mix and the quality served.
 
     Goodput is the rate of requests that met both SLOs: over the arrival window under Poisson load (so a server
     that keeps up serves goodput = offered rate, however long the last requests take to drain), over the wall
-    time in a closed loop."""
+    time in a closed loop. Without quality labels (the humaneval workload) the quality fields are None."""
     done = [r for r in records if r.token_times and r.error is None]
     tokens = sum(r.num_tokens for r in done)
     good = [r for r in done if r.ttft * 1000 <= slo_ttft_ms and r.tpot * 1000 <= slo_tpot_ms]
     routes = Counter(r.route for r in done)
     # a server may report routes this family's labels do not know (another family behind --url): no quality then
-    known = bool(done) and all(r.route in quality.route_names for r in done)
+    known = quality is not None and bool(done) and all(r.route in quality.route_names for r in done)
     idx = [quality.route_names.index(r.route) for r in done] if known else []
     rows = [r.request.index for r in done]
     agree = float(quality.agree[rows, idx].mean()) if known else float("nan")
@@ -37,7 +37,8 @@ def summarize(records: list[Record], wall: float, slo_ttft_ms: float, slo_tpot_m
            "throughput_tok_s": tokens / wall, "goodput_rps": len(good) / (arrival_window or wall),
            "slo_attainment": len(good) / len(done) if done else float("nan"),
            "route_mix": {k: v / len(done) for k, v in sorted(routes.items())} if done else {},
-           "quality_top1": agree, "quality_ppl": math.exp(nll)}
+           "quality_top1": agree if quality is not None else None,
+           "quality_ppl": math.exp(nll) if quality is not None else None}
     for name, values in (("ttft", [r.ttft for r in done]), ("tpot", [r.tpot for r in done]),
                          ("itl", [x for r in done for x in r.itls]), ("e2e", [r.e2e for r in done])):
         for q in (50, 90, 99):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -16,6 +16,7 @@ from stitchllm.bench.workload import make_requests, poisson_arrivals
 from stitchllm.data.corpus import python_docs_text
 from stitchllm.engine.build import engine_from_catalog
 from stitchllm.engine.config import EngineConfig
+from stitchllm.errors import StitchError
 from stitchllm.models.linear import dtype_name, resolve_matmul_dtype
 from stitchllm.routing.catalog import RouteCatalog
 from stitchllm.routing.controller import SLOConfig
@@ -47,13 +48,20 @@ class BenchConfig:
     peers: bool = True  # also measure transformers `generate` (and llama.cpp when installed) on the same prompts
     sweep: bool = False  # rates from the saturation run instead of `rates` (see sweep_rates)
     matmul_dtype: str = "float32"  # precision of the engine's linears (and of the quality labels and peers)
+    workload: str = "text"  # text (fixed-length spans of real text) | humaneval (the problems, served to the end)
+    prompt_format: str = "chat"  # humaneval: chat | completion (eval/humaneval.py)
+
+    def __post_init__(self) -> None:
+        if self.workload not in ("text", "humaneval"):
+            raise ValueError(f"workload must be text or humaneval, got {self.workload!r}")
 
 
 class EngineTarget:
-    """The in-process engine: a fresh engine per policy and load, so no run inherits another's state."""
+    """The in-process engine: a fresh engine per policy and load, so no run inherits another's state. With a
+    `watch` factory (driver.py) requests end when their answer is complete instead of at a fixed length."""
 
-    def __init__(self, catalog: RouteCatalog, stitch_dir, cfg: BenchConfig):
-        self.catalog, self.stitch_dir, self.cfg = catalog, stitch_dir, cfg
+    def __init__(self, catalog: RouteCatalog, stitch_dir, cfg: BenchConfig, watch=None):
+        self.catalog, self.stitch_dir, self.cfg, self.watch = catalog, stitch_dir, cfg, watch
 
     def engine(self, policy: str):
         """A fresh engine running `policy` (`benchmarks/equal_throughput.py` may swap its controller before use)."""
@@ -66,10 +74,10 @@ class EngineTarget:
         return engine_from_catalog(self.catalog, self.stitch_dir, config)
 
     def open_loop(self, policy: str, requests, arrivals: list[float], output_tokens: int):
-        return run_open_loop(self.engine(policy), requests, arrivals, output_tokens)
+        return run_open_loop(self.engine(policy), requests, arrivals, output_tokens, self.watch)
 
     def closed_loop(self, policy: str, requests, concurrency: int, duration: float, output_tokens: int):
-        return run_closed_loop(self.engine(policy), requests, concurrency, duration, output_tokens)
+        return run_closed_loop(self.engine(policy), requests, concurrency, duration, output_tokens, self.watch)
 
 
 def _peers(catalog: RouteCatalog, requests, gguf: Path | None, cfg: BenchConfig) -> list[dict]:
@@ -131,16 +139,37 @@ def run_bench(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: Be
               gguf: Path | None = None, target=None) -> dict:
     """Every policy at every rate, then at saturation (first, with --sweep: the sweep's rates come from it),
     then the peers. `target` serves the requests: the in-process engine by default, or a `ServerTarget`;
-    `gguf` is the large model's GGUF file when there is one (llama.cpp's input)."""
-    target = target or EngineTarget(catalog, stitch_dir, cfg)
-    requests, quality = workload(catalog, stitch_dir, text_ids, cfg)
+    `gguf` is the large model's GGUF file when there is one (llama.cpp's input).
+
+    The humaneval workload (`text_ids` unused) serves the problems until each answer is complete (at most
+    `output_tokens`), has no teacher-forced quality (null) and scores each result's pass@1 instead; its
+    prompts differ in length, so `prompt_tokens` becomes the longest and the peers (equal lengths) are skipped."""
+    humaneval = None
+    if cfg.workload == "humaneval":
+        from stitchllm.bench.humaneval import HumanEvalWorkload
+
+        if target is not None and not isinstance(target, EngineTarget):
+            raise StitchError("the humaneval workload runs on the in-process engine (its answers are checked "
+                              "token by token), not over HTTP")
+
+        humaneval = HumanEvalWorkload(catalog.family.tokenizer, cfg.prompt_format,
+                                      catalog.family.large.max_positions - cfg.output_tokens)
+        cfg = replace(cfg, prompt_tokens=humaneval.longest_prompt, peers=False)
+        requests, quality = humaneval.requests, None
+    else:
+        requests, quality = workload(catalog, stitch_dir, text_ids, cfg)
+    target = target or EngineTarget(catalog, stitch_dir, cfg, humaneval.watch if humaneval else None)
+
+    def summary(records, wall: float, window: float | None = None) -> dict:
+        row = summarize(records, wall, cfg.slo_ttft_ms, cfg.slo_tpot_ms, quality, window)
+        return row | ({"pass_at_1": humaneval.pass_at_1(records)} if humaneval else {})
 
     def saturate() -> list[dict]:
         rows = []
         for policy in cfg.policies:
             records, wall = target.closed_loop(policy, requests, cfg.concurrency, cfg.saturation_duration,
                                                cfg.output_tokens)
-            rows.append({"policy": policy} | summarize(records, wall, cfg.slo_ttft_ms, cfg.slo_tpot_ms, quality))
+            rows.append({"policy": policy} | summary(records, wall))
         return rows
 
     saturation_rows = saturate() if cfg.sweep else []
@@ -150,15 +179,19 @@ def run_bench(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: Be
         arrivals = poisson_arrivals(rate, cfg.duration, cfg.seed)
         for policy in cfg.policies:
             records, wall = target.open_loop(policy, requests, arrivals, cfg.output_tokens)
-            results.append({"policy": policy, "rate": rate} | summarize(records, wall, cfg.slo_ttft_ms,
-                                                                         cfg.slo_tpot_ms, quality, cfg.duration))
+            results.append({"policy": policy, "rate": rate} | summary(records, wall, cfg.duration))
     saturation_rows = saturation_rows or saturate()
     saturation = {r["policy"]: r["throughput_tok_s"] for r in saturation_rows}
-    saturation_quality = {r["policy"]: {"ppl": r["quality_ppl"], "top1": r["quality_top1"]} for r in saturation_rows}
+    saturation_quality = {r["policy"]: {"ppl": r["quality_ppl"], "top1": r["quality_top1"]}
+                          | ({"pass_at_1": r["pass_at_1"]} if humaneval else {}) for r in saturation_rows}
     peers = _peers(catalog, requests, gguf, cfg) if cfg.peers else []
-    routes = [{"name": n, "cost": c, "ppl": float(quality.nll[:, i].mean().exp()),
-               "top1": float(quality.agree[:, i].mean())}
-              for i, (n, c) in enumerate(zip(quality.route_names, quality.costs))]
+    if quality is None:
+        routes = [{"name": r.name, "cost": catalog.relative_cost(r), "ppl": None, "top1": None}
+                  for r in catalog.routes]
+    else:
+        routes = [{"name": n, "cost": c, "ppl": float(quality.nll[:, i].mean().exp()),
+                   "top1": float(quality.agree[:, i].mean())}
+                  for i, (n, c) in enumerate(zip(quality.route_names, quality.costs))]
     return {"results": results, "saturation": saturation, "saturation_quality": saturation_quality,
             "saturation_detail": saturation_rows, "peers": peers, "routes": routes, "config": {
                 "policies": list(cfg.policies), "rates": list(rates), "sweep": cfg.sweep, "duration": cfg.duration,
@@ -166,4 +199,5 @@ def run_bench(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: Be
                 "prompt_tokens": cfg.prompt_tokens, "output_tokens": cfg.output_tokens,
                 "concurrency": cfg.concurrency, "peer_batch": cfg.peer_batch, "slo_ttft_ms": cfg.slo_ttft_ms,
                 "slo_tpot_ms": cfg.slo_tpot_ms, "server": getattr(target, "url", None),
-                "matmul_dtype": dtype_name(resolve_matmul_dtype(cfg.matmul_dtype))}}
+                "matmul_dtype": dtype_name(resolve_matmul_dtype(cfg.matmul_dtype)), "workload": cfg.workload}
+            | ({"prompt_format": cfg.prompt_format} if humaneval else {})}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
 from pathlib import Path
 
 from stitchllm.engine.config import EngineConfig
@@ -9,6 +11,8 @@ from stitchllm.engine.llm_engine import LLMEngine
 from stitchllm.paths import stitchllm_home
 from stitchllm.routing.catalog import RouteCatalog, load_catalog
 from stitchllm.stitch.store import stitches_fingerprint
+
+log = logging.getLogger(__name__)
 
 
 def router_dir_for(stitch_dir: Path) -> Path:
@@ -23,6 +27,13 @@ def load_router_for(catalog: RouteCatalog, stitch_dir: Path):
 
 
 def engine_from_catalog(catalog: RouteCatalog, stitch_dir: Path | None, config: EngineConfig) -> LLMEngine:
+    """The engine for `config`; `auto` on a family without stitches (nothing to route between but the two whole
+    models, and no router trained for it) serves every unpinned request on `large` and says so."""
+    if config.policy == "auto" and not catalog.stitches:
+        log.warning("no stitches built for this family: policy auto serves every request on `large`; name "
+                    "`small` as the model to use the small one (`stitchllm stitch build` and `router train` add "
+                    "the stitched routes and the router)")
+        config = replace(config, policy="fixed:large")
     router, thresholds = None, None
     if config.policy in ("auto", "router", "whole-model") and stitch_dir is not None:
         router, manifest = load_router_for(catalog, stitch_dir)
@@ -30,7 +41,7 @@ def engine_from_catalog(catalog: RouteCatalog, stitch_dir: Path | None, config: 
     return LLMEngine(catalog, config, router, thresholds)
 
 
-def build_engine(config: EngineConfig, model: str = "default", small: str | None = None,
+def build_engine(config: EngineConfig, model: str, small: str | None = None,
                  stitches: str | None = None) -> LLMEngine:
     from stitchllm.stitch.build import stitches_dir
 

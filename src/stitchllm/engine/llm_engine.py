@@ -32,12 +32,13 @@ ADAPTIVE = "auto"
 
 
 def slots_for_budget(catalog: RouteCatalog, config: EngineConfig) -> dict[str, int]:
-    """Slots per model: from the KV budget (a slot in each model per sequence), else max_num_seqs."""
+    """Slots per model: as many sequences as the KV budget holds (a slot in each model per sequence), at most
+    max_num_seqs (more could never be used); without a budget, max_num_seqs. KV caches are allocated up front."""
     if config.kv_budget_mb is None:
         return {"large": config.max_num_seqs, "small": config.max_num_seqs}
     per_seq = sum(KVCache.bytes_per_token(m.config, m.config.num_layers) * config.max_model_len
                   for m in (catalog.family.large, catalog.family.small))
-    n = int(config.kv_budget_mb * 2**20 // per_seq)
+    n = min(int(config.kv_budget_mb * 2**20 // per_seq), config.max_num_seqs)
     if n < 1:
         raise StitchError(f"kv budget {config.kv_budget_mb} MB holds no sequence of {config.max_model_len} tokens")
     return {"large": n, "small": n}
@@ -145,13 +146,21 @@ class LLMEngine:
                 self.route_counts[r.route] += 1
             else:  # the request's TPOT so far, as the SLO measures it: a prefill-heavy step's long gap is one of many
                 self.recent_tpot.add(now, (now - r.first_token_at) * 1000 / len(r.output_ids))
+            prompt_logprobs = result.prompt_logprobs.get(r.request_id)
+            if r.params.max_tokens == 0:  # it only scored its prompt: nothing to generate
+                self._finish(r, "length")
+                outputs.append(RequestOutput(r.request_id, [], True, "length", r.route, r.prompt_len, 0,
+                                             prompt_logprobs=prompt_logprobs))
+                continue
             token = result.sampled[r.request_id]
             r.output_ids.append(token)
             reason = self._stop_reason(r, token)
             if reason:
                 self._finish(r, reason)
+            logprobs = result.logprobs.get(r.request_id)
             outputs.append(RequestOutput(r.request_id, [token], r.is_finished, r.finish_reason, r.route,
-                                         r.prompt_len, len(r.output_ids)))
+                                         r.prompt_len, len(r.output_ids), None if logprobs is None else [logprobs],
+                                         prompt_logprobs))
         return outputs
 
     def _stop_reason(self, r: Request, token: int) -> str | None:

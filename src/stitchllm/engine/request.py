@@ -50,8 +50,19 @@ class Request:
 
 
 @dataclass(slots=True)
+class TokenLogprob:
+    """One position: the token that stands there (sampled or given), its logprob, and the top-N (id, logprob)
+    pairs by logprob, descending (the chosen token among them only when it is one of the N most likely)."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+@dataclass(slots=True)
 class RequestOutput:
-    """What one engine step produced for one request."""
+    """What one engine step produced for one request; logprobs only when the request asked for them (the
+    prompt's once, with the request's first output; its first entry is None)."""
 
     request_id: str
     new_token_ids: list[int]
@@ -60,3 +71,5 @@ class RequestOutput:
     route: str | None
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[TokenLogprob] | None = None  # one per new token
+    prompt_logprobs: list[TokenLogprob | None] | None = None

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from stitchllm.engine.logprobs import prompt_logprobs, token_logprobs
 from stitchllm.engine.work import RunnerOutput, WorkItem
 from stitchllm.models.batch import ForwardBatch
 from stitchllm.models.decoder import DecoderModel
@@ -108,7 +109,18 @@ class ModelRunner:
                 finals.append((it, "small", s))
         out.params_read += _ladder(small, self.caches.get("small"), "small", s_climbs)
         self._sample(finals, out)
+        self._score_prompts(finals, out)
         return out
+
+    def _score_prompts(self, finals: list, out: RunnerOutput) -> None:
+        """Logprobs of every prompt token on the request's route, for routed items that asked (echo): their climb
+        holds the final hidden states of the whole prompt, which the norm and head turn into logits by chunks."""
+        for it, name, c in finals:
+            if it.scores_prompt:
+                model = self.models[name]
+                entries, passes = prompt_logprobs(model, c.hidden, it.token_ids, it.params.prompt_logprobs)
+                out.prompt_logprobs[it.request_id] = entries
+                out.params_read += passes * model.config.norm_and_head_params
 
     def _sample(self, finals: list, out: RunnerOutput) -> None:
         """Norm and head on each sampling item's last token, one batched head per model, then per-request sampling."""
@@ -124,5 +136,7 @@ class ModelRunner:
                 if it.request_id not in self.generators:
                     self.generators[it.request_id] = it.params.make_generator()
                 gens.append(self.generators[it.request_id])
-            for (it, _), token in zip(group, sample(logits, [it.params for it, _ in group], gens)):
+            for row, ((it, _), token) in enumerate(zip(group, sample(logits, [it.params for it, _ in group], gens))):
                 out.sampled[it.request_id] = token
+                if it.params.logprobs is not None:  # the raw distribution's, before temperature (engine/logprobs.py)
+                    out.logprobs[it.request_id] = token_logprobs(logits[row : row + 1], [token], it.params.logprobs)[0]

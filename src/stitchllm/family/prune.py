@@ -75,7 +75,7 @@ def prune(parent: DecoderModel, importance: Importance, target: PruneTarget) -> 
     child.embed_tokens.weight.copy_(parent.embed_tokens.weight[:, ch])
     child.final_norm.weight.copy_(parent.final_norm.weight[ch])
     if not child_config.tie_word_embeddings:
-        child.lm_head.weight.copy_(parent.lm_head.weight[:, ch])
+        child.lm_head.weight.copy_(parent.lm_head.dense_weight()[:, ch])
     for new_i, old_i in enumerate(kept_blocks.tolist()):
         src, dst = parent.blocks[old_i], child.blocks[new_i]
         kv_keep, q_keep = choose_heads(importance.head[old_i], p, target)
@@ -83,13 +83,13 @@ def prune(parent: DecoderModel, importance: Importance, target: PruneTarget) -> 
                               _head_rows(kv_keep, p.head_dim, p.q_size + p.kv_size)])
         mlp = _top(importance.mlp[old_i], target.intermediate)
         dst.attn_norm.weight.copy_(src.attn_norm.weight[ch])
-        dst.qkv.weight.copy_(src.qkv.weight[qkv_rows][:, ch])
+        dst.qkv.weight.copy_(src.qkv.dense_weight()[qkv_rows][:, ch])
         if p.qkv_bias:
             dst.qkv.bias.copy_(src.qkv.bias[qkv_rows])
-        dst.o_proj.weight.copy_(src.o_proj.weight[ch][:, _head_rows(q_keep, p.head_dim)])
+        dst.o_proj.weight.copy_(src.o_proj.dense_weight()[ch][:, _head_rows(q_keep, p.head_dim)])
         dst.mlp_norm.weight.copy_(src.mlp_norm.weight[ch])
         gate_up_rows = torch.cat([mlp, p.intermediate_size + mlp])
-        dst.gate_up.weight.copy_(src.gate_up.weight[gate_up_rows][:, ch])
-        dst.down.weight.copy_(src.down.weight[ch][:, mlp])
+        dst.gate_up.weight.copy_(src.gate_up.dense_weight()[gate_up_rows][:, ch])
+        dst.down.weight.copy_(src.down.dense_weight()[ch][:, mlp])
     kept = {"blocks": kept_blocks.tolist(), "hidden_channels": len(ch)}
     return child.eval(), kept

@@ -82,13 +82,14 @@ class DecoderModel(nn.Module):
 
     def prepack(self, matmul_dtype: torch.dtype = torch.float32) -> "DecoderModel":
         """Pre-pack every linear weight for fast CPU inference, its matmuls in `matmul_dtype` (see
-        models/linear.py), except the LM head's, which stays fp32; returns self.
+        models/linear.py), except the LM head's, which stays fp32; returns self. The packed forms replace the dense
+        weights (one copy in memory): packing in bf16 and then in fp32 again gives the bf16-rounded weights.
 
         Why the head stays fp32: rounding the final hidden state and the vocabulary matrix to bf16 moves logits by
         enough to swap near-tied tokens. On the default family, bf16 heads made 2.0-3.4% of every route's greedy
         tokens differ from fp32, an fp32 head 0.6-1.0% (benchmarks/matmul_precision.py); `large`'s throughput did not
-        show the cost (~4% of its FLOPs), `small`'s fell ~11% (docs/BENCHMARKS.md, session 14)."""
-        pack_linears(self, matmul_dtype, keep_fp32=(self.lm_head,))
+        show the cost (~4% of its FLOPs), `small`'s fell ~11% (docs/history/BENCHMARKS-smollm2.md, session 14)."""
+        pack_linears(self, matmul_dtype, keep_fp32=(self.lm_head,), release=True)
         return self
 
     @property

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from stitchllm.errors import StitchError
@@ -13,33 +15,57 @@ def _hf_block(i: int, name: str) -> str:
     return f"model.layers.{i}.{name}"
 
 
-def load_hf_state_dict(model: DecoderModel, hf: dict[str, torch.Tensor]) -> None:
-    """Copy every HF tensor into the runtime model, fusing q/k/v and gate/up; checks every shape."""
+def load_hf_state_dict(model: DecoderModel, hf: Mapping[str, torch.Tensor]) -> None:
+    """Copy every HF tensor into the runtime model, fusing q/k/v and gate/up (stacked along dim 0); checks every
+    shape. Where `hf` can read a tensor straight into a given buffer (`read_into`, as SafetensorsCheckpoint
+    does), each lands in its place in the model without a temporary copy: loading then holds the model alone."""
     c = model.config
-    ours: dict[str, torch.Tensor] = {"embed_tokens.weight": hf["model.embed_tokens.weight"]}
+    ours: dict[str, list[str]] = {"embed_tokens.weight": ["model.embed_tokens.weight"]}  # ours <- HF parts, stacked
     for i in range(c.num_layers):
-        get = lambda n: hf[_hf_block(i, n)]  # noqa: E731
-        ours[f"blocks.{i}.attn_norm.weight"] = get("input_layernorm.weight")
-        ours[f"blocks.{i}.qkv.weight"] = torch.cat([get(f"self_attn.{p}_proj.weight") for p in "qkv"])
+        b = lambda n: _hf_block(i, n)  # noqa: E731
+        ours[f"blocks.{i}.attn_norm.weight"] = [b("input_layernorm.weight")]
+        ours[f"blocks.{i}.qkv.weight"] = [b(f"self_attn.{p}_proj.weight") for p in "qkv"]
         if c.qkv_bias:
-            ours[f"blocks.{i}.qkv.bias"] = torch.cat([get(f"self_attn.{p}_proj.bias") for p in "qkv"])
-        ours[f"blocks.{i}.o_proj.weight"] = get("self_attn.o_proj.weight")
-        ours[f"blocks.{i}.mlp_norm.weight"] = get("post_attention_layernorm.weight")
-        ours[f"blocks.{i}.gate_up.weight"] = torch.cat([get("mlp.gate_proj.weight"), get("mlp.up_proj.weight")])
-        ours[f"blocks.{i}.down.weight"] = get("mlp.down_proj.weight")
-    ours["final_norm.weight"] = hf["model.norm.weight"]
+            ours[f"blocks.{i}.qkv.bias"] = [b(f"self_attn.{p}_proj.bias") for p in "qkv"]
+        ours[f"blocks.{i}.o_proj.weight"] = [b("self_attn.o_proj.weight")]
+        ours[f"blocks.{i}.mlp_norm.weight"] = [b("post_attention_layernorm.weight")]
+        ours[f"blocks.{i}.gate_up.weight"] = [b("mlp.gate_proj.weight"), b("mlp.up_proj.weight")]
+        ours[f"blocks.{i}.down.weight"] = [b("mlp.down_proj.weight")]
+    ours["final_norm.weight"] = ["model.norm.weight"]
     if not c.tie_word_embeddings:
-        ours["lm_head.weight"] = hf["lm_head.weight"]
+        ours["lm_head.weight"] = ["lm_head.weight"]
     params = dict(model.named_parameters())
     missing = set(params) - set(ours)
     if missing:
         raise StitchError(f"checkpoint lacks tensors for {sorted(missing)[:3]}")
+    read_into = getattr(hf, "read_into", None)
     with torch.no_grad():
-        for name, tensor in ours.items():
-            if params[name].shape != tensor.shape:
+        for name, parts in ours.items():
+            absent = [p for p in parts if p not in hf]
+            if absent:
+                raise StitchError(f"checkpoint lacks tensor {absent[0]}")
+            shapes = [tuple(hf_shape(hf, p)) for p in parts]
+            stacked = (sum(s[0] for s in shapes), *shapes[0][1:]) if len({s[1:] for s in shapes}) == 1 else None
+            if stacked is None or params[name].shape != stacked:
                 raise StitchError(f"shape mismatch for {name}: model {tuple(params[name].shape)}, "
-                                  f"checkpoint {tuple(tensor.shape)}")
-            params[name].copy_(tensor)
+                                  f"checkpoint {' + '.join(str(s) for s in shapes)}")
+            row = 0
+            for part, shape in zip(parts, shapes):
+                dest = params[name][row:row + shape[0]]
+                if read_into is not None and dest.dtype == hf_dtype(hf, part):
+                    read_into(part, dest)
+                else:
+                    dest.copy_(hf[part])
+                row += shape[0]
+
+
+def hf_shape(hf: Mapping[str, torch.Tensor], name: str) -> torch.Size:
+    """A checkpoint tensor's shape without reading it, where the checkpoint can say."""
+    return hf.shape(name) if hasattr(hf, "shape") else hf[name].shape
+
+
+def hf_dtype(hf: Mapping[str, torch.Tensor], name: str) -> torch.dtype:
+    return hf.dtype(name) if hasattr(hf, "dtype") else hf[name].dtype
 
 
 def to_hf_state_dict(model: DecoderModel) -> dict[str, torch.Tensor]:
@@ -47,23 +73,23 @@ def to_hf_state_dict(model: DecoderModel) -> dict[str, torch.Tensor]:
     c = model.config
     out = {"model.embed_tokens.weight": model.embed_tokens.weight, "model.norm.weight": model.final_norm.weight}
     for i, block in enumerate(model.blocks):
-        q, k, v = block.qkv.weight.split([c.q_size, c.kv_size, c.kv_size])
+        q, k, v = block.qkv.dense_weight().split([c.q_size, c.kv_size, c.kv_size])
         out |= {
             _hf_block(i, "input_layernorm.weight"): block.attn_norm.weight,
             _hf_block(i, "self_attn.q_proj.weight"): q,
             _hf_block(i, "self_attn.k_proj.weight"): k,
             _hf_block(i, "self_attn.v_proj.weight"): v,
-            _hf_block(i, "self_attn.o_proj.weight"): block.o_proj.weight,
+            _hf_block(i, "self_attn.o_proj.weight"): block.o_proj.dense_weight(),
             _hf_block(i, "post_attention_layernorm.weight"): block.mlp_norm.weight,
-            _hf_block(i, "mlp.down_proj.weight"): block.down.weight,
+            _hf_block(i, "mlp.down_proj.weight"): block.down.dense_weight(),
         }
         if c.qkv_bias:
             qb, kb, vb = block.qkv.bias.split([c.q_size, c.kv_size, c.kv_size])
             out |= {_hf_block(i, f"self_attn.{p}_proj.bias"): t for p, t in zip("qkv", (qb, kb, vb))}
-        gate, up = block.gate_up.weight.chunk(2)
+        gate, up = block.gate_up.dense_weight().chunk(2)
         out |= {_hf_block(i, "mlp.gate_proj.weight"): gate, _hf_block(i, "mlp.up_proj.weight"): up}
     if not c.tie_word_embeddings:
-        out["lm_head.weight"] = model.lm_head.weight
+        out["lm_head.weight"] = model.lm_head.dense_weight()
     return {name: t.detach().contiguous().cpu() for name, t in out.items()}
 
 

@@ -15,7 +15,7 @@ class SLOConfig:
     high: float = 1.0  # pressure above this: shed cost
     low: float = 0.75  # pressure below this: give quality back; in between: hold (the hysteresis band). At 0.6, a
     # plan that put everyone on the cheapest route at 1.25x load was held for a minute at TPOT p90 0.63-0.72 of
-    # target, where a fixed 21% on `large` met every SLO (BENCHMARKS.md, session 20)
+    # target, where a fixed 21% on `large` met every SLO (docs/history/BENCHMARKS-smollm2.md, session 20)
     step: float = 0.1  # change of the feedback correction per adjustment
     band: float = 0.05  # the planned cost must move by more than this before the target follows it
     min_cost: float = 0.4  # never cheaper than this on average
@@ -27,7 +27,7 @@ class SLOConfig:
     max_utilisation: float = 0.85  # and never for more of the engine's time than this (Poisson bursts queue)
     max_slot_fill: float = 0.85  # nor for more of the engine's sequence slots in flight than this: a step that
     # meets the TPOT target can still be too slow to turn the slots over (LoadSignal.slot_step_s), and then
-    # arrivals wait for a slot and miss the TTFT target (BENCHMARKS.md, session 21)
+    # arrivals wait for a slot and miss the TTFT target (docs/history/BENCHMARKS-smollm2.md, session 21)
 
 
 @dataclass

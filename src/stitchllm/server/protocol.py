@@ -33,9 +33,11 @@ class SamplingFields(BaseModel):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[int] | list[str]
+    # a string, token ids, or a batch of either (lm-eval sends [[ids]]); a batch must hold one prompt
+    prompt: str | list[int] | list[str] | list[list[int]]
     echo: bool = False
     max_tokens: int | None = 16  # OpenAI's default for completions
+    logprobs: int | None = None  # top-N alternatives per token (0..20); with echo, for the prompt's tokens too
 
 
 class ChatMessage(BaseModel):
@@ -45,6 +47,8 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool = False
+    top_logprobs: int | None = None  # alternatives per token (0..20), only with logprobs
 
 
 class Usage(BaseModel):

@@ -1,4 +1,12 @@
-"""OpenAI-style handlers for completions and chat completions, given an engine client (no HTTP here)."""
+"""OpenAI-style handlers for completions and chat completions, given an engine client (no HTTP here).
+
+Logprobs: completions' `logprobs: N` and chat's `logprobs: true, top_logprobs: N` (N in 0..20) return the route's
+raw log-probabilities (engine/logprobs.py) of each token, with the N most likely alternatives; completions with
+`echo` add the prompt's tokens (the first one's logprob null), and `echo` with `max_tokens: 0` only scores the
+prompt (lm-evaluation-harness's log-likelihood requests). Streams carry them too: each chunk holds the logprobs of
+the tokens it brings (a token whose text is held back, for a stop string or half a character, goes with the chunk
+that sends it). `n` must be 1: one choice per request, asked for by a 400 that says so.
+"""
 
 from __future__ import annotations
 
@@ -7,56 +15,16 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from tokenizers.decoders import DecodeStream
-
 from stitchllm.engine.async_engine import AsyncEngine
 from stitchllm.engine.request import RequestOutput
 from stitchllm.errors import StitchError
-from stitchllm.sampling import SamplingParams
+from stitchllm.sampling import MAX_LOGPROBS, SamplingParams
+from stitchllm.server.logprobs import CompletionLogprobs, TokenTexts, chat_logprobs
 from stitchllm.server.metrics import ServerMetrics
 from stitchllm.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, new_id, now
+from stitchllm.server.text import TextTracker
 
 AUTO = "auto"
-
-
-class TextTracker:
-    """Incremental detokenisation with stop strings: returns only text that is final (no half characters,
-    nothing that could still turn into a stop string).
-
-    Each token is decoded once (the tokenizers library's DecodeStream, which holds back partial UTF-8): decoding
-    the whole output again for every token cost O(n^2) on the event loop that every stream shares. A tokenizer
-    without a Rust backend falls back to that whole-output decode."""
-
-    def __init__(self, tokenizer, stops: list[str]):
-        self.tokenizer, self.stops = tokenizer, [s for s in stops if s]
-        self.ids: list[int] = []
-        self.emitted = 0
-        self.text = ""  # the output decoded so far, cut at a stop string once one appears
-        self.stopped = False
-        self._backend = getattr(tokenizer, "backend_tokenizer", None)
-        self._stream = DecodeStream(skip_special_tokens=True) if self._backend is not None else None
-
-    def _decode(self, token_ids: list[int], finished: bool) -> str:
-        """The output decoded so far; while unfinished, without a character still split across tokens."""
-        if self._stream is not None:  # DecodeStream holds partial characters back itself
-            return self.text + "".join(piece for t in token_ids if (piece := self._stream.step(self._backend, t)))
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        return text if finished else text.rstrip("\ufffd")
-
-    def add(self, token_ids: list[int], finished: bool) -> str:
-        self.ids.extend(token_ids)
-        text = self._decode(token_ids, finished)
-        for stop in self.stops:
-            at = text.find(stop, max(0, len(self.text) - len(stop) + 1))  # earlier text was searched already
-            if at >= 0:
-                text, finished, self.stopped = text[:at], True, True
-        self.text = text
-        if not finished:
-            hold = max((len(s) - 1 for s in self.stops), default=0)
-            text = text[: max(self.emitted, len(text) - hold)]
-        delta = text[self.emitted:]
-        self.emitted += len(delta)
-        return delta
 
 
 @dataclass
@@ -75,6 +43,7 @@ class OpenAIServing:
     def __init__(self, engine: AsyncEngine, tokenizer, route_names: list[str], max_model_len: int,
                  metrics: ServerMetrics):
         self.engine, self.tokenizer, self.metrics = engine, tokenizer, metrics
+        self.token_texts = TokenTexts(tokenizer)
         self.route_names, self.max_model_len = route_names, max_model_len
 
     def models(self) -> dict:
@@ -83,40 +52,42 @@ class OpenAIServing:
 
     # ---- request -> engine ---------------------------------------------------------------------
 
-    def _prepare(self, req: SamplingFields, prompt_ids: list[int]) -> Generation:
+    def _prepare(self, req: SamplingFields, prompt_ids: list[int], logprobs: int | None = None,
+                 prompt_logprobs: int | None = None) -> Generation:
         if req.model != AUTO and req.model not in self.route_names:
             raise StitchError(f"model {req.model!r} does not exist; available: {', '.join([AUTO, *self.route_names])}")
         if req.n != 1:
-            raise StitchError("only n=1 is supported")
+            raise StitchError(f"n={req.n} is not supported: one choice per request (send n=1, or several requests)")
         if not prompt_ids:
             raise StitchError("prompt is empty")
         room = self.max_model_len - len(prompt_ids)
         if room < 1:
             raise StitchError(f"prompt is {len(prompt_ids)} tokens; the context length is {self.max_model_len}")
-        max_tokens = req.max_completion_tokens or req.max_tokens
-        if max_tokens is not None and max_tokens < 1:
-            raise StitchError(f"max_tokens must be at least 1, got {max_tokens}")
+        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        if max_tokens is not None and max_tokens < (0 if prompt_logprobs is not None else 1):
+            raise StitchError(f"max_tokens must be at least 1, got {max_tokens} (0 only scores the prompt: "
+                              "a completion with echo=true and logprobs)")
         if max_tokens is not None and max_tokens > room:
             raise StitchError(f"max_tokens={max_tokens} exceeds the {room} tokens left in the context "
                               f"({len(prompt_ids)} prompt tokens of {self.max_model_len})")
-        params = SamplingParams(max_tokens=max_tokens or room, temperature=req.temperature, top_p=req.top_p,
-                                top_k=req.top_k, seed=req.seed, stop_token_ids=list(req.stop_token_ids or []),
-                                ignore_eos=req.ignore_eos)
+        params = SamplingParams(max_tokens=room if max_tokens is None else max_tokens, temperature=req.temperature,
+                                top_p=req.top_p, top_k=req.top_k, seed=req.seed,
+                                stop_token_ids=list(req.stop_token_ids or []), ignore_eos=req.ignore_eos,
+                                logprobs=logprobs, prompt_logprobs=prompt_logprobs)
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         return Generation(prompt_ids, params, None if req.model == AUTO else req.model, stops)
 
     def completion_prompt(self, req: CompletionRequest) -> list[int]:
-        if isinstance(req.prompt, list) and req.prompt and all(isinstance(t, int) for t in req.prompt):
-            return list(req.prompt)
-        if isinstance(req.prompt, list):
-            if len(req.prompt) != 1:
+        prompt = req.prompt
+        if isinstance(prompt, list) and prompt and not all(isinstance(t, int) for t in prompt):  # a batch
+            if len(prompt) != 1:
                 raise StitchError("batched prompts are not supported; send one prompt per request")
-            text = req.prompt[0]
-        else:
-            text = req.prompt
-        if not isinstance(text, str) or not text:
+            prompt = prompt[0]
+        if not prompt:
             raise StitchError("prompt is empty")
-        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        if isinstance(prompt, list):  # token ids
+            return list(prompt)
+        return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
 
     def chat_prompt(self, req: ChatCompletionRequest) -> list[int]:
         messages = []
@@ -129,10 +100,14 @@ class OpenAIServing:
         return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
     def prepare_completion(self, req: CompletionRequest) -> Generation:
-        return self._prepare(req, self.completion_prompt(req))
+        n = _top_n("logprobs", req.logprobs)
+        return self._prepare(req, self.completion_prompt(req), logprobs=n, prompt_logprobs=n if req.echo else None)
 
     def prepare_chat(self, req: ChatCompletionRequest) -> Generation:
-        return self._prepare(req, self.chat_prompt(req))
+        n = _top_n("top_logprobs", req.top_logprobs)
+        if n is not None and not req.logprobs:
+            raise StitchError("top_logprobs needs logprobs=true")
+        return self._prepare(req, self.chat_prompt(req), logprobs=(n or 0) if req.logprobs else None)
 
     # ---- engine -> response ----------------------------------------------------------------------
 
@@ -163,6 +138,12 @@ class OpenAIServing:
                 self.metrics.e2e.observe(time.monotonic() - start)
 
 
+def _top_n(field: str, n: int | None) -> int | None:
+    if n is not None and not 0 <= n <= MAX_LOGPROBS:
+        raise StitchError(f"{field} must be between 0 and {MAX_LOGPROBS}, got {n}")
+    return n
+
+
 def finish_reason(out: RequestOutput, tracker: TextTracker) -> str:
     return "stop" if tracker.stopped else ("length" if out.finish_reason == "length" else "stop")
 
@@ -176,23 +157,35 @@ def sse(payload: dict | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
 
+def echoed_prompt(serving: OpenAIServing, gen: Generation) -> str:
+    return serving.tokenizer.decode(gen.prompt_ids, skip_special_tokens=True)
+
+
 async def completion_body(serving: OpenAIServing, req: CompletionRequest, gen: Generation) -> tuple[dict, str | None]:
     """Run to the end; the full (non-streaming) completion response and its route."""
-    text, out, tracker = "", None, None
+    text, out, tracker, entries, prompt_entries = "", None, None, [], None
     async for delta, out, tracker in serving.run(gen):
         text += delta
-    choice = {"index": 0, "text": (tracker.tokenizer.decode(gen.prompt_ids, skip_special_tokens=True) if req.echo else "")
-              + text, "finish_reason": finish_reason(out, tracker), "logprobs": None}
+        entries += out.logprobs or []
+        prompt_entries = out.prompt_logprobs or prompt_entries
+    logprobs = None
+    if req.logprobs is not None:
+        ids, lps = (list(gen.prompt_ids), list(prompt_entries)) if req.echo else ([], [])
+        logprobs = CompletionLogprobs(serving.token_texts)(ids + [e.token_id for e in entries], lps + entries)
+    choice = {"index": 0, "text": (echoed_prompt(serving, gen) if req.echo else "") + text,
+              "finish_reason": finish_reason(out, tracker), "logprobs": logprobs}
     return ({"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": req.model,
              "route": out.route, "choices": [choice], "usage": usage(gen, tracker)}, out.route)
 
 
 async def chat_body(serving: OpenAIServing, req: ChatCompletionRequest, gen: Generation) -> tuple[dict, str | None]:
-    text, out, tracker = "", None, None
+    text, out, tracker, entries = "", None, None, []
     async for delta, out, tracker in serving.run(gen):
         text += delta
+        entries += out.logprobs or []
     choice = {"index": 0, "message": {"role": "assistant", "content": text},
-              "finish_reason": finish_reason(out, tracker), "logprobs": None}
+              "finish_reason": finish_reason(out, tracker),
+              "logprobs": chat_logprobs(serving.token_texts, entries) if req.logprobs else None}
     return ({"id": new_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": req.model,
              "route": out.route, "choices": [choice], "usage": usage(gen, tracker)}, out.route)
 
@@ -204,25 +197,37 @@ async def stream_events(serving: OpenAIServing, req: SamplingFields, gen: Genera
     steps = serving.run(gen)
     first = await steps.__anext__()
     route = first[1].route
+    completion_logprobs = CompletionLogprobs(serving.token_texts)  # its text offsets run on through the stream
 
-    def chunk(delta: str | None, reason: str | None, role: bool = False) -> dict:
+    def shown(token_ids: list[int], entries: list) -> dict | None:
+        if gen.params.logprobs is None or not entries:
+            return None
+        return chat_logprobs(serving.token_texts, entries) if chat else completion_logprobs(token_ids, entries)
+
+    def chunk(delta: str | None, reason: str | None, role: bool = False, logprobs: dict | None = None) -> dict:
         if chat:
             d = {"role": "assistant", "content": ""} if role else ({"content": delta} if delta else {})
-            choice = {"index": 0, "delta": d, "finish_reason": reason, "logprobs": None}
+            choice = {"index": 0, "delta": d, "finish_reason": reason, "logprobs": logprobs}
         else:
-            choice = {"index": 0, "text": delta or "", "finish_reason": reason, "logprobs": None}
+            choice = {"index": 0, "text": delta or "", "finish_reason": reason, "logprobs": logprobs}
         return {"id": rid, "object": obj, "created": created, "model": req.model, "route": route, "choices": [choice]}
 
     async def events():
         try:
             if chat:
                 yield sse(chunk(None, None, role=True))
-            item = first
+            elif req.echo:  # the prompt comes first, with its logprobs when asked
+                yield sse(chunk(echoed_prompt(serving, gen), None,
+                                logprobs=shown(gen.prompt_ids, first[1].prompt_logprobs or [])))
+            item, pending = first, []  # pending: logprobs of tokens whose text has not been sent yet
             while True:
                 delta, out, tracker = item
+                pending += out.logprobs or []
                 done = out.finished or tracker.stopped
                 if delta or done:
-                    yield sse(chunk(delta, finish_reason(out, tracker) if done else None))
+                    logprobs = shown([e.token_id for e in pending], pending)
+                    yield sse(chunk(delta, finish_reason(out, tracker) if done else None, logprobs=logprobs))
+                    pending = []
                 if done:
                     break
                 try:
