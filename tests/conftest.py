@@ -57,20 +57,34 @@ def smollm2():
     return model, load_tokenizer(model_dir, model.config.vocab_size), model_dir
 
 
-@pytest.fixture(scope="session")
-def tiny_parent_dir(tmp_path_factory, smollm2):
-    """A tiny random Llama that uses SmolLM2's real tokenizer (so family tools see a real vocabulary)."""
+def save_tiny_with_tokenizer(path, tokenizer_dir, seed: int = 0, **overrides):
+    """A tiny random Llama that uses the real tokenizer in `tokenizer_dir` (SmolLM2's: 49,152 tokens, a chat
+    template), so family tools see a real vocabulary."""
     import shutil
 
-    _, _, smol_dir = smollm2
-    path = tmp_path_factory.mktemp("tiny-parent")
-    save_tiny_hf_model(path, "llama", vocab_size=49152, hidden_size=64, num_hidden_layers=4, intermediate_size=128,
-                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                       max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    save_tiny_hf_model(path, "llama", seed=seed, **(dict(
+        vocab_size=49152, hidden_size=64, num_hidden_layers=4, intermediate_size=128, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=1024, bos_token_id=1,
+        eos_token_id=2, pad_token_id=2) | overrides))
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (smol_dir / name).is_file():
-            shutil.copy2(smol_dir / name, path / name)
+        if (tokenizer_dir / name).is_file():
+            shutil.copy2(tokenizer_dir / name, path / name)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_parent_dir(tmp_path_factory, smollm2):
+    """A tiny random Llama with SmolLM2's real tokenizer: the tiny families' large model."""
+    return save_tiny_with_tokenizer(tmp_path_factory.mktemp("tiny-parent"), smollm2[2])
+
+
+@pytest.fixture(scope="session")
+def tiny_small_dir(tiny_parent_dir, tmp_path_factory):
+    """A smaller random Llama with the same tokenizer, trained on nothing and derived from nothing: with the tiny
+    parent, a family of two independent models (routes large and small) built in a second."""
+    return save_tiny_with_tokenizer(tmp_path_factory.mktemp("tiny-small"), tiny_parent_dir, seed=1, hidden_size=32,
+                                    num_hidden_layers=2, intermediate_size=64, num_attention_heads=2,
+                                    num_key_value_heads=1)
 
 
 @pytest.fixture(scope="session")

@@ -18,24 +18,6 @@ def problems():
 
 
 @pytest.fixture(scope="module")
-def tiny_small_dir(tiny_parent_dir, tmp_path_factory):
-    """A smaller random Llama beside the tiny parent, with the same (SmolLM2's) tokenizer: a family of two
-    routes, large and small, built in a second (no derivation, no stitches)."""
-    import shutil
-
-    from conftest import save_tiny_hf_model
-
-    path = tmp_path_factory.mktemp("tiny-small")
-    save_tiny_hf_model(path, "llama", seed=1, vocab_size=49152, hidden_size=32, num_hidden_layers=2,
-                       intermediate_size=64, num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
-                       max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (tiny_parent_dir / name).is_file():
-            shutil.copy2(tiny_parent_dir / name, path / name)
-    return path
-
-
-@pytest.fixture(scope="module")
 def tiny_pair(tiny_parent_dir, tiny_small_dir, tmp_path_factory):
     """The two-route catalog (stitches looked up under an empty STITCHLLM_HOME: none)."""
     from stitchllm.routing.catalog import load_catalog

@@ -2,14 +2,12 @@
 on the same route without a cache; echo + max_tokens=0 (lm-eval's log-likelihood request); chat; streams; 400s."""
 
 import json
-import shutil
 
 import httpx
 import openai
 import pytest
 import torch
 
-from conftest import save_tiny_hf_model
 from server_util import live_server
 from stitchllm.engine import logprobs as engine_logprobs
 from stitchllm.engine.async_engine import AsyncEngine
@@ -29,16 +27,10 @@ TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def catalog(tiny_parent_dir, tmp_path_factory):
+def catalog(tiny_parent_dir, tiny_small_dir):
     """The tiny parent as `large`, a smaller random model with its tokenizer as `small`, and one random stitch:
     routes large, small and L2-S1 in seconds (no distillation, no training: logprobs need no quality)."""
-    small_dir = tmp_path_factory.mktemp("small")
-    save_tiny_hf_model(small_dir, "llama", seed=1, vocab_size=49152, hidden_size=32, num_hidden_layers=2,
-                       intermediate_size=48, num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
-                       max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (tiny_parent_dir / name).is_file():
-            shutil.copy2(tiny_parent_dir / name, small_dir / name)
+    small_dir = tiny_small_dir
     family = load_family(tiny_parent_dir, small_dir)
     g = torch.Generator().manual_seed(0)
     stitch = StitchLayer(64, 32, 2, 1)

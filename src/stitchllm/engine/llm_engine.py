@@ -21,6 +21,7 @@ from stitchllm.engine.work import WorkItem
 from stitchllm.errors import StitchError
 from stitchllm.models.kv_cache import KVCache
 from stitchllm.models.linear import dtype_name, resolve_matmul_dtype
+from stitchllm.models.quantized import resolve_weight_format
 from stitchllm.routing.catalog import RouteCatalog
 from stitchllm.routing.controller import LoadController, LoadSignal
 from stitchllm.routing.dataset import shared_blocks
@@ -51,8 +52,9 @@ class LLMEngine:
                  thresholds: dict[str, list[list[float]]] | None = None):
         self.catalog, self.config = catalog, config
         matmul_dtype = resolve_matmul_dtype(config.matmul_dtype)
-        catalog.set_matmul_dtype(matmul_dtype)
+        catalog.set_matmul_dtype(matmul_dtype, config.weights)
         self.matmul_dtype = dtype_name(matmul_dtype)
+        self.weights = resolve_weight_format(config.weights, matmul_dtype)
         self.route_names = [r.name for r in catalog.routes]
         self.costs = [catalog.relative_cost(r) for r in catalog.routes]
         needs_router = config.policy in (ADAPTIVE, "router", "whole-model")

@@ -10,6 +10,7 @@ from stitchllm.models.block import DecoderBlock, RMSNorm
 from stitchllm.models.config import ModelConfig
 from stitchllm.models.kv_cache import KVCache
 from stitchllm.models.linear import Linear, pack_linears
+from stitchllm.models.quantized import quantize_linears, resolve_weight_format
 from stitchllm.models.rope import RotaryTable
 
 
@@ -80,16 +81,24 @@ class DecoderModel(nn.Module):
         p = self.embed_tokens.weight
         return KVCache(self.config, num_slots, max_len, first, end, dtype=p.dtype, device=p.device)
 
-    def prepack(self, matmul_dtype: torch.dtype = torch.float32) -> "DecoderModel":
+    def prepack(self, matmul_dtype: torch.dtype = torch.float32, weights: str = "fp32") -> "DecoderModel":
         """Pre-pack every linear weight for fast CPU inference, its matmuls in `matmul_dtype` (see
-        models/linear.py), except the LM head's, which stays fp32; returns self. The packed forms replace the dense
-        weights (one copy in memory): packing in bf16 and then in fp32 again gives the bf16-rounded weights.
+        models/linear.py), or store it quantised (`weights` 'int8' / 'int4' / 'auto', see models/quantized.py),
+        except the LM head's, which stays fp32; returns self. The packed or quantised forms replace the dense
+        weights (one copy in memory): packing in bf16 (or quantising) and then in fp32 again gives the rounded
+        weights.
 
         Why the head stays fp32: rounding the final hidden state and the vocabulary matrix to bf16 moves logits by
         enough to swap near-tied tokens. On the default family, bf16 heads made 2.0-3.4% of every route's greedy
         tokens differ from fp32, an fp32 head 0.6-1.0% (benchmarks/matmul_precision.py); `large`'s throughput did not
-        show the cost (~4% of its FLOPs), `small`'s fell ~11% (docs/history/BENCHMARKS-smollm2.md, session 14)."""
-        pack_linears(self, matmul_dtype, keep_fp32=(self.lm_head,), release=True)
+        show the cost (~4% of its FLOPs), `small`'s fell ~11% (docs/history/BENCHMARKS-smollm2.md, session 14). An
+        int8 head is no better (its kernel takes and returns bf16): on SmolLM2-135M it alone made 4.4% of the
+        top-1 tokens differ from fp32; with int8 blocks, 5.9% against 3.2% with an fp32 head (1024 tokens)."""
+        fmt = resolve_weight_format(weights, matmul_dtype)
+        if fmt == "fp32":
+            pack_linears(self, matmul_dtype, keep_fp32=(self.lm_head,), release=True)
+        else:
+            quantize_linears(self, fmt, keep_fp32=(self.lm_head,))
         return self
 
     @property

@@ -13,6 +13,9 @@ DecoderModel.prepack does), so a 1.5B-parameter model holds 6 GB of matmul weigh
 weight is rebuilt from the packed form where something needs it (`dense_weight()`: autograd through a frozen
 model, pruning, saving); from an fp32 packing that is exact, from a bf16 one it is the bf16-rounded weight.
 Layers that train (stitches) keep their dense weight and re-pack after edits.
+
+The weight may instead be held quantised (int8 / int4, models/quantized.py: `hold`); then that form is the one copy,
+`dense_weight()` dequantises it, and `pack` turns it back into a oneDNN packing of the dequantised weight.
 """
 
 from __future__ import annotations
@@ -66,17 +69,32 @@ class Linear(nn.Linear):
     _packed_version: int = -1
     _packed_from: weakref.ref | None = None  # the dense weight the packed form was made from (a plain attribute
     # would register it as a second parameter); None once that weight is released
+    _quantized = None  # an Int8Weight / Int4Weight (models/quantized.py) that replaced the weight, if any
 
     @property
     def released(self) -> bool:
-        """Whether the packed form is the only copy of the weight."""
-        return self._packed is not None and self.weight.numel() == 0
+        """Whether the packed (or quantised) form is the only copy of the weight."""
+        return (self._packed is not None or self._quantized is not None) and self.weight.numel() == 0
+
+    @property
+    def quantized(self):
+        """The int8 / int4 form holding this weight (models/quantized.py), or None."""
+        return self._quantized
 
     def dense_weight(self) -> torch.Tensor:
-        """The weight [out, in] in fp32: the held one, or rebuilt from the packed form when that is the only copy."""
+        """The weight [out, in] in fp32: the held one, or rebuilt from the packed or quantised form when that is the
+        only copy."""
         if not self.released:
             return self.weight
+        if self._quantized is not None:
+            return self._quantized.dense()
         return self._packed.to_dense().to(torch.float32)
+
+    def hold(self, quantized) -> None:
+        """Make `quantized` (an Int8Weight / Int4Weight of this weight) the only copy: the dense weight and any
+        packed form are dropped."""
+        self._quantized, self._packed, self._packed_bias, self._packed_from = quantized, None, None, None
+        self.weight = _released()
 
     def pack(self, dtype: torch.dtype = torch.float32, release: bool = False) -> None:
         """Pre-pack the weight for oneDNN, computing in `dtype` (fp32 or bf16); with `release`, the packed form
@@ -92,13 +110,15 @@ class Linear(nn.Linear):
         dense = self.dense_weight().detach()
         self._packed = torch.ops.mkldnn._reorder_linear_weight(dense.to(dtype), None)
         self._packed_bias = None if self.bias is None else self.bias.detach().to(dtype)
-        self._packed_dtype = dtype
+        self._packed_dtype, self._quantized = dtype, None
         if release:
             self.weight, self._packed_from = _released(), None
         else:
             self._packed_from, self._packed_version = weakref.ref(self.weight), self.weight._version
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._quantized is not None and not torch.is_grad_enabled():
+            return self._quantized_forward(x)
         if self._packed is not None and not torch.is_grad_enabled():
             if not self.released and self._packed_version != self.weight._version:  # edited in place since packing
                 self.pack(self._packed_dtype)
@@ -108,6 +128,14 @@ class Linear(nn.Linear):
                                                    "none", [], "")
             return y.to(x.dtype)
         return F.linear(x, self.dense_weight(), self.bias)
+
+    def _quantized_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., in] -> [..., out] in x's dtype, through the quantised kernel (which takes 2-D inputs in its
+        activation dtype and has no bias)."""
+        q = self._quantized
+        y = q.matmul(x.reshape(-1, x.shape[-1]).to(q.act_dtype).contiguous())  # [M, out]
+        y = y.to(x.dtype).view(*x.shape[:-1], y.shape[-1])
+        return y if self.bias is None else y + self.bias
 
 
 def pack_linears(module: nn.Module, matmul_dtype: torch.dtype = torch.float32,

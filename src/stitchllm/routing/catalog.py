@@ -33,12 +33,13 @@ class RouteCatalog:
     def executor(self) -> RouteExecutor:
         return RouteExecutor(self.family, self.stitches)
 
-    def set_matmul_dtype(self, dtype: torch.dtype) -> None:
+    def set_matmul_dtype(self, dtype: torch.dtype, weights: str = "fp32") -> None:
         """Run every linear of both models and the stitches in `dtype` from now on (fp32 or bf16; see
-        models/linear.py), the LM heads always in fp32 (DecoderModel.prepack). Process-wide for this catalog:
-        whatever shares it computes in the same precision."""
+        models/linear.py), the LM heads always in fp32 (DecoderModel.prepack); with `weights` 'int8' / 'int4' /
+        'auto', the models' block weights are stored quantised (models/quantized.py; stitches stay dense).
+        Process-wide for this catalog: whatever shares it computes in the same precision."""
         for model in (self.family.large, self.family.small):
-            model.prepack(dtype)
+            model.prepack(dtype, weights)
         for stitch in self.stitches.values():
             pack_linears(stitch, dtype)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -19,10 +19,13 @@ from stitchllm.paths import stitchllm_home
 from stitchllm.routing.executor import RouteExecutor
 from stitchllm.routing.route import enumerate_routes
 from stitchllm.stitch.frontier import dominated
-from stitchllm.stitch.init import paired_activations, ridge_affine
+from stitchllm.stitch.init import paired_activations, paired_from_cache, ridge_affine
 from stitchllm.stitch.layer import StitchLayer, stitch_key
 from stitchllm.stitch.store import MANIFEST, save_stitches
+from stitchllm.stitch.teacher_cache import TeacherCache, teacher_cache_root
 from stitchllm.stitch.train import StitchTrainConfig, train_stitches
+
+CALIBRATION_WINDOW = 512  # tokens per window of the least-squares calibration passes
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,10 @@ class StitchBuildConfig:
     train: StitchTrainConfig = field(default_factory=StitchTrainConfig)
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        recipe = asdict(self)
+        if recipe["train"]["teacher_cache"] is None:  # builds from before the teacher cache keep their fingerprint
+            del recipe["train"]["teacher_cache"]
+        return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def stitches_dir(family: Family) -> Path:
@@ -75,6 +81,19 @@ def best_start(starts: dict[str, dict[str, StitchLayer]], metrics: dict[str, dic
     return stitches, start_of, chosen
 
 
+def calibration_pairs(family: Family, cfg: StitchBuildConfig, ids: torch.Tensor, pairs: list[tuple[int, int]]):
+    """Paired activations for the least-squares starts, on the stream's first `calibration_tokens` in windows of
+    512. With a teacher cache, the large model's states are read from (or first written to) a states-only cache
+    (top_k 0: the least-squares start needs no teacher distribution), which drops a last window shorter than 512."""
+    calibration = ids[: cfg.calibration_tokens]
+    if cfg.train.teacher_cache is None:
+        return paired_activations(family, list(calibration.split(CALIBRATION_WINDOW)), pairs)
+    cache = TeacherCache(teacher_cache_root(), family.fingerprint()["large"], calibration, CALIBRATION_WINDOW,
+                         {k for k, _ in pairs}, replace(cfg.train.teacher_cache, top_k=0))
+    cache.fill(family.large)
+    return paired_from_cache(family, cache, pairs)
+
+
 def build_stitches(family: Family, cfg: StitchBuildConfig, out: Path) -> dict:
     """Build (or reuse) the stitches of every candidate route, then keep those on the validation frontier.
 
@@ -101,11 +120,10 @@ def build_stitches(family: Family, cfg: StitchBuildConfig, out: Path) -> dict:
     routes = enumerate_routes(configs, list(cfg.cuts) if cfg.cuts else None, block_map)  # small ... large
     pairs = [r.stitches[0] for r in routes if r.stitches]
     ids = torch.tensor(family.tokenizer(python_docs_text("train"), add_special_tokens=False)["input_ids"])
-    calibration = list(ids[: cfg.calibration_tokens].split(512))
     val_windows = token_windows(python_docs_text("validation"), family.tokenizer, 512, cfg.validation_tokens)
 
     least_squares = {}
-    for (cut, entry), (x, y) in paired_activations(family, calibration, pairs).items():
+    for (cut, entry), (x, y) in calibration_pairs(family, cfg, ids, pairs).items():
         layer = StitchLayer(family.large.config.hidden_size, family.small.config.hidden_size, cut, entry)
         layer.set_affine(*ridge_affine(x, y, cfg.ridge))
         least_squares[layer.key] = layer

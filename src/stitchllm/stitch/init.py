@@ -7,6 +7,8 @@ import torch
 from stitchllm.eval.perplexity import packed_windows
 from stitchllm.family.family import Family
 from stitchllm.models.batch import ForwardBatch
+from stitchllm.models.decoder import DecoderModel
+from stitchllm.stitch.teacher_cache import TeacherCache
 
 
 @torch.inference_mode()
@@ -22,13 +24,36 @@ def paired_activations(
     for group in packed_windows(windows):
         ids = torch.cat(group)
         batch = ForwardBatch(list(range(len(group))), [0] * len(group), [len(w) for w in group])
-        for model, wanted, out in ((family.large, want_large, xs), (family.small, want_small, ys)):
-            hidden = model.embed(ids)
-            for i in range(max(wanted)):
-                hidden = model.blocks[i](hidden, batch)
-                if i + 1 in wanted:
-                    out[i + 1].append(hidden.clone())
+        bottom_states(family.large, ids, batch, want_large, xs)
+        bottom_states(family.small, ids, batch, want_small, ys)
     return {(k, j): (torch.cat(xs[k]), torch.cat(ys[j])) for k, j in pairs}
+
+
+@torch.inference_mode()
+def paired_from_cache(
+    family: Family, cache: TeacherCache, pairs: list[tuple[int, int]]
+) -> dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]]:
+    """`paired_activations` on the cache's windows, X read from the cache (fp32, from its bf16/fp16 copy): the large
+    model does not run. Y, the small model's own stream before block j, is still computed: its bottom blocks cost a
+    fraction of the large pass, and caching it would tie the cache to one sibling."""
+    xs: dict[int, list[torch.Tensor]] = {k: [] for k, _ in pairs}
+    ys: dict[int, list[torch.Tensor]] = {j: [] for _, j in pairs}
+    for window in cache.read_windows():
+        for k in xs:
+            xs[k].append(window.states[k])
+        bottom_states(family.small, window.ids, ForwardBatch([0], [0], [len(window.ids)]), set(ys), ys)
+    return {(k, j): (torch.cat(xs[k]), torch.cat(ys[j])) for k, j in pairs}
+
+
+def bottom_states(model: DecoderModel, ids: torch.Tensor, batch: ForwardBatch, wanted: set[int],
+                  out: dict[int, list[torch.Tensor]]) -> None:
+    """Append to out[k] the residual stream [T, d] after block k-1 for each k in `wanted` (ids [T]), running only
+    the blocks below the highest one."""
+    hidden = model.embed(ids)
+    for i in range(max(wanted)):
+        hidden = model.blocks[i](hidden, batch)
+        if i + 1 in wanted:
+            out[i + 1].append(hidden.clone())
 
 
 def ridge_affine(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
