@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -15,25 +15,29 @@ def _hf_block(i: int, name: str) -> str:
     return f"model.layers.{i}.{name}"
 
 
-def load_hf_state_dict(model: DecoderModel, hf: Mapping[str, torch.Tensor]) -> None:
+def load_hf_state_dict(model: DecoderModel, hf: Mapping[str, torch.Tensor],
+                       loaded: Callable[[str], None] | None = None) -> None:
     """Copy every HF tensor into the runtime model, fusing q/k/v and gate/up (stacked along dim 0); checks every
     shape. Where `hf` can read a tensor straight into a given buffer (`read_into`, as SafetensorsCheckpoint
-    does), each lands in its place in the model without a temporary copy: loading then holds the model alone."""
+    does), each lands in its place in the model without a temporary copy: loading then holds the model alone.
+    `loaded(name)` is called once each parameter is in place: the head first, and a linear's bias before its
+    weight, so a caller can pack a linear the moment its weight arrives."""
     c = model.config
-    ours: dict[str, list[str]] = {"embed_tokens.weight": ["model.embed_tokens.weight"]}  # ours <- HF parts, stacked
+    ours: dict[str, list[str]] = {}  # ours <- HF parts, stacked
+    if not c.tie_word_embeddings:
+        ours["lm_head.weight"] = ["lm_head.weight"]
+    ours["embed_tokens.weight"] = ["model.embed_tokens.weight"]
     for i in range(c.num_layers):
         b = lambda n: _hf_block(i, n)  # noqa: E731
         ours[f"blocks.{i}.attn_norm.weight"] = [b("input_layernorm.weight")]
-        ours[f"blocks.{i}.qkv.weight"] = [b(f"self_attn.{p}_proj.weight") for p in "qkv"]
         if c.qkv_bias:
             ours[f"blocks.{i}.qkv.bias"] = [b(f"self_attn.{p}_proj.bias") for p in "qkv"]
+        ours[f"blocks.{i}.qkv.weight"] = [b(f"self_attn.{p}_proj.weight") for p in "qkv"]
         ours[f"blocks.{i}.o_proj.weight"] = [b("self_attn.o_proj.weight")]
         ours[f"blocks.{i}.mlp_norm.weight"] = [b("post_attention_layernorm.weight")]
         ours[f"blocks.{i}.gate_up.weight"] = [b("mlp.gate_proj.weight"), b("mlp.up_proj.weight")]
         ours[f"blocks.{i}.down.weight"] = [b("mlp.down_proj.weight")]
     ours["final_norm.weight"] = ["model.norm.weight"]
-    if not c.tie_word_embeddings:
-        ours["lm_head.weight"] = ["lm_head.weight"]
     params = dict(model.named_parameters())
     missing = set(params) - set(ours)
     if missing:
@@ -46,17 +50,21 @@ def load_hf_state_dict(model: DecoderModel, hf: Mapping[str, torch.Tensor]) -> N
                 raise StitchError(f"checkpoint lacks tensor {absent[0]}")
             shapes = [tuple(hf_shape(hf, p)) for p in parts]
             stacked = (sum(s[0] for s in shapes), *shapes[0][1:]) if len({s[1:] for s in shapes}) == 1 else None
-            if stacked is None or params[name].shape != stacked:
-                raise StitchError(f"shape mismatch for {name}: model {tuple(params[name].shape)}, "
+            param = params.pop(name)  # dropped once filled: `loaded` may replace it (a packed form), freeing it
+            if stacked is None or param.shape != stacked:
+                raise StitchError(f"shape mismatch for {name}: model {tuple(param.shape)}, "
                                   f"checkpoint {' + '.join(str(s) for s in shapes)}")
             row = 0
             for part, shape in zip(parts, shapes):
-                dest = params[name][row:row + shape[0]]
+                dest = param[row:row + shape[0]]
                 if read_into is not None and dest.dtype == hf_dtype(hf, part):
                     read_into(part, dest)
                 else:
                     dest.copy_(hf[part])
                 row += shape[0]
+            del param, dest
+            if loaded is not None:
+                loaded(name)
 
 
 def hf_shape(hf: Mapping[str, torch.Tensor], name: str) -> torch.Size:
