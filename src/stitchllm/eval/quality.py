@@ -18,7 +18,7 @@ from stitchllm.eval.perplexity import packed_windows
 from stitchllm.models.batch import ForwardBatch
 from stitchllm.models.decoder import DecoderModel
 
-HEAD_CHUNK = 256  # prediction rows per head call: [256, V] logits and log-probs at a time
+HEAD_CHUNK = 64  # prediction rows per head call: [64, V] logits and log-probs at a time (40 MB each for Qwen)
 HeadFn = Callable[[torch.Tensor], torch.Tensor]  # final hidden [n, d] -> logits [n, V] (final norm + head)
 
 
@@ -29,12 +29,17 @@ class QualityTotals:
     kl: float = 0.0
     tokens: int = 0
 
-    def add(self, logits: torch.Tensor, ref_logp: torch.Tensor, target: torch.Tensor) -> None:
-        """logits [n, V] of predictions for target [n], against the reference log-probs [n, V]."""
-        logp = F.log_softmax(logits.float(), dim=-1)
-        self.nll += float(F.nll_loss(logp, target, reduction="sum"))
-        self.agree += int((logp.argmax(-1) == ref_logp.argmax(-1)).sum())
-        self.kl += float(F.kl_div(logp, ref_logp, log_target=True, reduction="sum"))
+    def add(self, logits: torch.Tensor | None, ref_logp: torch.Tensor, target: torch.Tensor) -> None:
+        """logits [n, V] of predictions for target [n], against the reference log-probs [n, V] (None: these
+        predictions are the reference's own, KL 0 and full agreement)."""
+        if logits is None:
+            self.nll += float(F.nll_loss(ref_logp, target, reduction="sum"))
+            self.agree += len(target)
+        else:
+            logp = F.log_softmax(logits.float(), dim=-1)
+            self.nll += float(F.nll_loss(logp, target, reduction="sum"))
+            self.agree += int((logp.argmax(-1) == ref_logp.argmax(-1)).sum())
+            self.kl += float(F.kl_div(logp, ref_logp, log_target=True, reduction="sum"))
         self.tokens += len(target)
 
     def row(self, name: str, cost: float) -> dict:
@@ -60,11 +65,10 @@ def score_pass(totals: dict[str, QualityTotals], finals: dict[str, tuple[torch.T
     ref_hidden, ref_head = finals[reference]
     for lo in range(0, len(rows), HEAD_CHUNK):
         chunk, target = rows[lo:lo + HEAD_CHUNK], targets[lo:lo + HEAD_CHUNK]
-        ref_logits = ref_head(ref_hidden[chunk]).float()  # [n, V]
-        ref_logp = F.log_softmax(ref_logits, dim=-1)
+        ref_logp = F.log_softmax(ref_head(ref_hidden[chunk]).float(), dim=-1)  # [n, V]
         for name, (hidden, head) in finals.items():
             if name in totals:  # the reference itself may be scored, or only compared against
-                totals[name].add(ref_logits if name == reference else head(hidden[chunk]), ref_logp, target)
+                totals[name].add(None if name == reference else head(hidden[chunk]), ref_logp, target)
 
 
 def _head(model: DecoderModel) -> HeadFn:
