@@ -33,7 +33,7 @@ smollm2: install
 	$(VENV)/bin/stitchllm router train --family smollm2
 
 test: install
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -rs
 
 bench: install
 	$(PY) benchmarks/decode_throughput.py
