@@ -14,7 +14,7 @@ from stitchllm.routing.route import default_cuts, entry_after, enumerate_routes,
 from stitchllm.sampling import SamplingParams
 from stitchllm.stitch.build import StitchBuildConfig, build_stitches
 from stitchllm.stitch.frontier import dominated
-from stitchllm.stitch.init import paired_activations, ridge_affine
+from stitchllm.stitch.init import pair_fits, paired_activations, ridge_affine
 from stitchllm.stitch.layer import StitchLayer
 from stitchllm.stitch.train import StitchTrainConfig
 
@@ -63,9 +63,12 @@ def self_family(tiny_parent_dir):
 
 def test_self_stitch_least_squares_reproduces_the_model(self_family):
     ids = torch.randint(0, 49152, (4096,), generator=torch.Generator().manual_seed(0))
-    pairs = paired_activations(self_family, list(ids.split(512)), [(2, 2)])
+    fit = pair_fits(self_family, [(2, 2)], windows=list(ids.split(512)))[(2, 2)]  # statistics summed per pass
+    assert fit.n == 4096
+    x, y = paired_activations(self_family, list(ids.split(512)), [(2, 2)])[(2, 2)]  # the same, all at once
+    torch.testing.assert_close(fit.solve(1e-8)[0], ridge_affine(x, y, ridge=1e-8)[0], atol=1e-4, rtol=0)
     stitch = StitchLayer(64, 64, 2, 2)
-    stitch.set_affine(*ridge_affine(*pairs[(2, 2)], ridge=1e-8))
+    stitch.set_affine(*fit.solve(ridge=1e-8))
     catalog = build_catalog(self_family, {stitch.key: stitch})
     route = catalog.route("L2-S2")
     probe = torch.randint(0, 49152, (40,), generator=torch.Generator().manual_seed(1))

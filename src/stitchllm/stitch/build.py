@@ -19,7 +19,7 @@ from stitchllm.paths import stitchllm_home
 from stitchllm.routing.executor import RouteExecutor
 from stitchllm.routing.route import enumerate_routes
 from stitchllm.stitch.frontier import dominated
-from stitchllm.stitch.init import paired_activations, paired_from_cache, ridge_affine
+from stitchllm.stitch.init import pair_fits
 from stitchllm.stitch.layer import StitchLayer, stitch_key
 from stitchllm.stitch.store import MANIFEST, save_stitches
 from stitchllm.stitch.teacher_cache import TeacherCache, teacher_cache_root
@@ -81,17 +81,17 @@ def best_start(starts: dict[str, dict[str, StitchLayer]], metrics: dict[str, dic
     return stitches, start_of, chosen
 
 
-def calibration_pairs(family: Family, cfg: StitchBuildConfig, ids: torch.Tensor, pairs: list[tuple[int, int]]):
-    """Paired activations for the least-squares starts, on the stream's first `calibration_tokens` in windows of
-    512. With a teacher cache, the large model's states are read from (or first written to) a states-only cache
-    (top_k 0: the least-squares start needs no teacher distribution), which drops a last window shorter than 512."""
+def calibration_fits(family: Family, cfg: StitchBuildConfig, ids: torch.Tensor, pairs: list[tuple[int, int]]):
+    """Least-squares statistics for the starts, on the stream's first `calibration_tokens` in windows of 512. With
+    a teacher cache, the large model's states are read from (or first written to) a states-only cache (top_k 0:
+    the least-squares start needs no teacher distribution), which drops a last window shorter than 512."""
     calibration = ids[: cfg.calibration_tokens]
     if cfg.train.teacher_cache is None:
-        return paired_activations(family, list(calibration.split(CALIBRATION_WINDOW)), pairs)
+        return pair_fits(family, pairs, windows=list(calibration.split(CALIBRATION_WINDOW)))
     cache = TeacherCache(teacher_cache_root(), family.fingerprint()["large"], calibration, CALIBRATION_WINDOW,
                          {k for k, _ in pairs}, replace(cfg.train.teacher_cache, top_k=0))
     cache.fill(family.large)
-    return paired_from_cache(family, cache, pairs)
+    return pair_fits(family, pairs, cache=cache)
 
 
 def build_stitches(family: Family, cfg: StitchBuildConfig, out: Path) -> dict:
@@ -123,9 +123,9 @@ def build_stitches(family: Family, cfg: StitchBuildConfig, out: Path) -> dict:
     val_windows = token_windows(python_docs_text("validation"), family.tokenizer, 512, cfg.validation_tokens)
 
     least_squares = {}
-    for (cut, entry), (x, y) in calibration_pairs(family, cfg, ids, pairs).items():
+    for (cut, entry), fit in calibration_fits(family, cfg, ids, pairs).items():
         layer = StitchLayer(family.large.config.hidden_size, family.small.config.hidden_size, cut, entry)
-        layer.set_affine(*ridge_affine(x, y, cfg.ridge))
+        layer.set_affine(*fit.solve(cfg.ridge))
         least_squares[layer.key] = layer
     starts = {"least-squares": least_squares}
     if cfg.identity_start and family.large.config.hidden_size == family.small.config.hidden_size:
