@@ -53,7 +53,7 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         if self.workload not in ("text", "humaneval"):
-            raise ValueError(f"workload must be text or humaneval, got {self.workload!r}")
+            raise StitchError(f"workload must be text or humaneval, got {self.workload!r}")
 
 
 class EngineTarget:

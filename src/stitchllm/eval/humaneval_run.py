@@ -6,13 +6,13 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 
 from stitchllm.engine.config import EngineConfig
 from stitchllm.eval.execution import check_completions
 from stitchllm.eval.humaneval import AnswerWatch, check_format, completion_from_text, encode_problem, load_problems
 from stitchllm.errors import StitchError
 from stitchllm.routing.catalog import RouteCatalog
-from stitchllm.sampling import SamplingParams
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,21 +52,17 @@ class Sample:
 
 
 def generate_all(engine, task_ids: list[str], prompts: list[list[int]], max_new_tokens: int,
-                 watches: list[AnswerWatch]) -> list[Sample]:
-    """Submit every prompt at once, greedy, and step the engine until all finish: at EOS, at max_new_tokens, or
-    (aborted) once its watch says the answer is complete. Returns one Sample per prompt, in order."""
-    params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0)
-    samples = [Sample(t) for t in task_ids]
-    for i, ids in enumerate(prompts):
-        engine.add_request(str(i), ids, params)
-    while engine.has_unfinished():
-        for out in engine.step():
-            s = samples[int(out.request_id)]
-            s.output_ids.extend(out.new_token_ids)
-            s.route = out.route
-            if not out.finished and watches[int(out.request_id)].add(out.new_token_ids):
-                engine.abort(out.request_id)
-    return samples
+                 prompt_format: str) -> list[Sample]:
+    """Submit every prompt at once (the bench's open loop, every arrival at 0), greedy, and step the engine until
+    all finish: at EOS, at max_new_tokens, or (aborted) once its AnswerWatch says the answer is complete.
+    Returns one Sample per prompt, in order."""
+    from stitchllm.bench.driver import run_open_loop
+    from stitchllm.bench.workload import BenchRequest
+
+    requests = [BenchRequest(i, ids, []) for i, ids in enumerate(prompts)]
+    watch = partial(AnswerWatch, engine.catalog.family.tokenizer, prompt_format)
+    records, _ = run_open_loop(engine, requests, [0.0] * len(requests), max_new_tokens, watch)
+    return [Sample(t, route=r.route, output_ids=r.output_ids) for t, r in zip(task_ids, records)]
 
 
 def _engine_config(catalog: RouteCatalog, cfg: HumanEvalConfig, longest_prompt: int, policy: str) -> EngineConfig:
@@ -84,8 +80,7 @@ def evaluate(catalog: RouteCatalog, stitch_dir, problems: list[dict], prompts: l
     tokenizer = catalog.family.tokenizer
     engine = engine_from_catalog(catalog, stitch_dir, _engine_config(catalog, cfg, max(map(len, prompts)), policy))
     start = time.perf_counter()
-    samples = generate_all(engine, [p["task_id"] for p in problems], prompts, cfg.max_new_tokens,
-                           [AnswerWatch(tokenizer, cfg.prompt_format) for _ in prompts])
+    samples = generate_all(engine, [p["task_id"] for p in problems], prompts, cfg.max_new_tokens, cfg.prompt_format)
     wall = time.perf_counter() - start
     del engine  # its KV caches go before the next route's engine allocates its own
     for s, p in zip(samples, problems):
