@@ -14,8 +14,8 @@ from stitchllm.models.batch import ForwardBatch
 from stitchllm.models.config import ModelConfig
 from stitchllm.models.loader import random_model
 from stitchllm.stitch import teacher_cache as tc
-from stitchllm.stitch.build import StitchBuildConfig, calibration_fits
-from stitchllm.stitch.init import paired_activations, paired_from_cache, ridge_affine
+from stitchllm.stitch.build import StitchBuildConfig, calibration_fits, training_cache
+from stitchllm.stitch.init import pair_fits, paired_activations, paired_from_cache, ridge_affine
 from stitchllm.stitch.layer import StitchLayer
 from stitchllm.stitch.sparse_kl import teacher_topk, topk_kl
 from stitchllm.stitch.teacher_cache import CachedWindow, TeacherCache, TeacherCacheConfig
@@ -170,7 +170,8 @@ def test_least_squares_start_from_the_cache(family, ids, tmp_path):
     assert cache.read(0).topk_ids.shape == (WINDOW, 0) and cache.read(0).tail_logprob.abs().sum() == 0
 
 
-def test_build_calibration_reads_the_cache_and_old_recipes_keep_their_fingerprint(family, tmp_path, monkeypatch):
+def test_build_calibration_reads_the_training_cache_and_old_recipes_keep_their_fingerprint(family, tmp_path,
+                                                                                            monkeypatch):
     monkeypatch.setenv("STITCHLLM_HOME", str(tmp_path))
     live = StitchBuildConfig(calibration_tokens=3 * 512)
     cached = replace(live, train=replace(live.train, teacher_cache=TeacherCacheConfig()))
@@ -178,14 +179,16 @@ def test_build_calibration_reads_the_cache_and_old_recipes_keep_their_fingerprin
     assert cached.fingerprint() != live.fingerprint()
     ids = torch.randint(0, VOCAB, (3 * 512 + 100,), generator=torch.Generator().manual_seed(4))
     pairs = [(2, 1), (3, 1)]
-    expected = calibration_fits(family, live, ids, pairs)
+    seq = cached.train.seq_len  # the training cache's windows: 6 of 256 tokens
+    expected = pair_fits(family, pairs, windows=list(ids[: 3 * 512].split(seq)))
     calls = counting(family.large, monkeypatch)
     got = calibration_fits(family, cached, ids, pairs)
-    assert len(calls) == 3 and calibration_fits(family, cached, ids, pairs).keys() == got.keys() and len(calls) == 3
+    assert len(calls) == 6 and calibration_fits(family, cached, ids, pairs).keys() == got.keys() and len(calls) == 6
     for pair in pairs:
-        fit, fit_live = got[pair], expected[pair]  # the cache drops the last, short window: 3 x 512 rows each
+        fit, fit_live = got[pair], expected[pair]
         assert fit.n == fit_live.n == 3 * 512 and torch.equal(fit.sum_y, fit_live.sum_y)  # y: the small model's own
         torch.testing.assert_close(fit.solve()[0], fit_live.solve()[0], atol=2e-3, rtol=0)  # x: from bf16 states
+    assert training_cache(family, cached, ids, {2, 3}).missing(6) == []  # training reads the same windows
     assert (tmp_path / "teacher" / family.fingerprint()["large"]).is_dir()
 
 
@@ -227,3 +230,17 @@ def test_training_from_the_cache_lowers_the_loss_like_the_live_teacher(family, i
           f"from the cache {trained['cached']:.4f}")
     assert trained["live"] < 0.85 * before  # unrelated random models: a stitch can close only part of the gap
     assert before - trained["cached"] >= 0.8 * (before - trained["live"])
+
+
+def test_a_cache_that_keeps_more_cuts_serves_builds_of_fewer(family, ids, tmp_path, monkeypatch):
+    cfg = TeacherCacheConfig(top_k=8, windows_per_shard=4, cuts=(1, 2, 3))
+    assert cfg.cuts_for([2]) == {1, 2, 3} and TeacherCacheConfig().cuts_for([2]) == {2}
+    with pytest.raises(StitchError, match=r"keeps cuts \[1, 2, 3\], not \[4\]"):
+        cfg.cuts_for([2, 4])
+    train = StitchTrainConfig(steps=2, batch=2, seq_len=WINDOW, matmul_dtype="float32", teacher_cache=cfg)
+    calls = counting(family.large, monkeypatch)
+    for cut in (1, 3):  # the second build reads the first one's cache
+        stitch = StitchLayer(64, 32, cut, 1)
+        train_stitches(family, {stitch.key: stitch}, ids, train, cache_root=tmp_path)
+    assert len(calls) == 4  # 2 steps x 2 windows, computed once
+    assert len(list(tmp_path.glob("*/*-c1.2.3-k8-*"))) == 1

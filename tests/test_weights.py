@@ -175,3 +175,33 @@ def test_int8_blocks_track_fp32_on_smollm2(smollm2):
     assert abs(ppl8 / ppl32 - 1) < 0.01
     agree = (int8.argmax(-1) == fp32.argmax(-1)).float().mean()
     assert agree > 0.95, agree
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@torch.inference_mode()
+def test_loading_quantises_each_weight_as_it_arrives(fmt, tiny_parent_dir, monkeypatch):
+    """load_model(weights=fmt) quantises every linear but the head on arrival, to exactly the weights of an fp32
+    load quantised afterwards, and never packs a block's weight in fp32 first."""
+    from stitchllm.models.loader import load_model
+
+    after = load_model(tiny_parent_dir).prepack(torch.float32, fmt)
+    packed = []
+    pack = Linear.pack
+    monkeypatch.setattr(Linear, "pack", lambda self, *a, **k: packed.append(self) or pack(self, *a, **k))
+    streamed = load_model(tiny_parent_dir, weights=fmt)
+    assert all(m is streamed.lm_head for m in packed)  # blocks were quantised straight from the checkpoint
+    for name, m in streamed.named_modules():
+        if isinstance(m, Linear) and m is not streamed.lm_head:
+            assert m.released and m.quantized is not None, name
+    ids = torch.arange(12)
+    batch = ForwardBatch([0], [0], [12])
+    expected = after.head(after.norm(after.run_blocks(after.embed(ids), batch, None)))
+    got = streamed.head(streamed.norm(streamed.run_blocks(streamed.embed(ids), batch, None)))
+    assert torch.equal(got, expected)
+
+
+def test_loading_an_unknown_format_is_one_line_before_reading(tiny_parent_dir):
+    from stitchllm.models.loader import load_model
+
+    with pytest.raises(StitchError, match=r"^unknown weight format 'int3': use auto, fp32, int8, int4$"):
+        load_model(tiny_parent_dir, weights="int3")

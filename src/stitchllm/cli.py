@@ -24,6 +24,10 @@ StitchesOpt = Annotated[Optional[str], typer.Option("--stitches", help="Stitch d
 MatmulDtypeOpt = Annotated[str, typer.Option(
     "--matmul-dtype", help="auto | float32 | bfloat16: the precision of every linear layer; auto takes bfloat16 where "
                            "the CPU has native bf16 dot products (~1.9x faster matmuls), float32 elsewhere.")]
+WeightsOpt = Annotated[str, typer.Option(
+    "--weights", help="auto | fp32 | int8 | int4: how the blocks' matmul weights are stored (the LM head stays fp32); "
+                      "int8/int4 are weight-only, 1/4 and ~1/7 of the bytes; auto picks by this CPU (see "
+                      "models/quantized.py). Default fp32, the behaviour before the option existed.")]
 
 
 def _members(family: str | None, model: str | None, small: str | None) -> tuple[str, str | None]:
@@ -57,24 +61,27 @@ def generate(
     model: ModelOpt = None,
     small: SmallOpt = None,
     stitches: StitchesOpt = None,
+    weights: WeightsOpt = "fp32",
 ) -> None:
     """Complete PROMPT along a route (default: the large model), with a KV cache, streaming tokens to stdout."""
     model, small = _members(family, model, small)
     from stitchllm.generation import generate as run_generate
     from stitchllm.generation import model_last_logits
     from stitchllm.models.loader import load_model, load_tokenizer
+    from stitchllm.models.quantized import resolve_weight_format
     from stitchllm.prompting import encode_prompt
     from stitchllm.sampling import SamplingParams
 
+    resolve_weight_format(weights)  # an unknown or unsupported format fails before any model loads
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
     if route == "large":  # the large model alone needs no family
-        lm = load_model(model)
+        lm = load_model(model, weights=weights)
         tokenizer = load_tokenizer(model, lm.config.vocab_size)
         make_runner = lambda n: model_last_logits(lm, 1, n)  # noqa: E731
     else:
         from stitchllm.routing.catalog import load_catalog
 
-        catalog = load_catalog(model, small, stitches)
+        catalog = load_catalog(model, small, stitches, weights=weights)
         chosen, lm, tokenizer = catalog.route(route), catalog.family.large, catalog.family.tokenizer
         make_runner = lambda n: catalog.executor.last_logits(chosen, 1, n)  # noqa: E731
     ids = encode_prompt(tokenizer, prompt, chat=chat, context=lm.max_positions)
@@ -202,6 +209,7 @@ def eval_command(
         help="humaneval: write every problem's completion and pass/fail here (JSONL).")] = None,
     kv_budget_mb: Annotated[float, typer.Option(help="humaneval: KV-cache memory of the engine.")] = 3072.0,
     matmul_dtype: MatmulDtypeOpt = "auto",
+    weights: WeightsOpt = "fp32",
     family: FamilyOpt = None,
     model: ModelOpt = None,
     small: SmallOpt = None,
@@ -211,8 +219,10 @@ def eval_command(
     (--task humaneval) HumanEval pass@1 of each route and policy, greedy, every prompt batched by the engine."""
     from pathlib import Path
 
+    from stitchllm.eval.mixing import with_mixing_line
     from stitchllm.eval.quality import evaluate_model, evaluate_routes
     from stitchllm.eval.text import read_text, token_windows
+    from stitchllm.models.quantized import resolve_weight_format
 
     if task == "humaneval":
         from stitchllm.eval.humaneval_run import HumanEvalConfig
@@ -220,7 +230,8 @@ def eval_command(
 
         resolve_matmul_dtype(matmul_dtype)  # an unknown name fails before any model loads
         cfg = HumanEvalConfig(prompt_format=prompt_format, max_new_tokens=max_new_tokens, limit=limit,
-                              timeout_s=timeout, kv_budget_mb=kv_budget_mb, matmul_dtype=matmul_dtype)
+                              timeout_s=timeout, kv_budget_mb=kv_budget_mb, matmul_dtype=matmul_dtype,
+                              weights=weights)
         return _eval_humaneval(cfg, routes, policy, samples, as_json, _members(family, model, small), stitches)
     if task != "text":
         raise StitchError(f"--task must be text or humaneval, got {task!r}")
@@ -231,22 +242,24 @@ def eval_command(
         raise StitchError(f"--window must be between 2 and 8192, got {window}")
     body = read_text(text)
     model, small = _members(family, model, small)
+    resolve_weight_format(weights)  # --weights: an unknown or unsupported format fails before any model loads
     if routes.strip() == "large":  # the large model alone needs no family
         from stitchllm.models.loader import load_model, load_tokenizer
 
-        large = load_model(model)
+        large = load_model(model, weights=weights)
         tokenizer = load_tokenizer(model, large.config.vocab_size)
     else:
         from stitchllm.routing.catalog import load_catalog
 
-        catalog = load_catalog(model, small, stitches, which="init" if init else "trained")
+        catalog = load_catalog(model, small, stitches, which="init" if init else "trained", weights=weights)
         tokenizer, large = catalog.family.tokenizer, catalog.family.large
         chosen = catalog.select(routes)
     windows = token_windows(body, tokenizer, min(window, large.max_positions), max_tokens)
     if routes.strip() == "large":
         rows = evaluate_model(large, "large", windows)
     else:
-        rows = evaluate_routes(catalog.executor, chosen, [catalog.relative_cost(r) for r in chosen], windows)
+        rows = with_mixing_line(evaluate_routes(catalog.executor, chosen, [catalog.relative_cost(r) for r in chosen],
+                                                windows))
     if plot:
         from stitchllm.eval.plots import plot_route_frontier
 
@@ -255,8 +268,10 @@ def eval_command(
         print(json.dumps({"routes": rows}))
     else:
         for r in rows:
+            mix = (f"  mixing line ppl {r['mix_ppl']:8.3f} top1 {r['mix_top1']:.3f} margin {r['mix_margin']:+.1%}"
+                   if "mix_ppl" in r else "")
             print(f"{r['name']:>12}  cost {r['cost']:.3f}  ppl {r['ppl']:8.3f}  top1 {r['top1_agree']:.3f}  "
-                  f"kl {r['kl']:.4f}  tokens {r['tokens']}")
+                  f"kl {r['kl']:.4f}  tokens {r['tokens']}{mix}")
 
 
 def _eval_humaneval(cfg, routes: str | None, policy: str | None, samples: str | None, as_json: bool,
@@ -265,7 +280,7 @@ def _eval_humaneval(cfg, routes: str | None, policy: str | None, samples: str | 
     from stitchllm.eval.humaneval_run import run_humaneval
     from stitchllm.routing.catalog import load_catalog
 
-    catalog = load_catalog(*members, stitches)
+    catalog = load_catalog(*members, stitches, weights=cfg.resolved_weights())
     policies = [p.strip() for p in (policy or "").split(",") if p.strip()]
     names = [r.name for r in catalog.select(routes or "all")] if routes or not policies else []
     report, rows = run_humaneval(catalog, _stitch_dir(catalog, stitches) if catalog.stitches else None, names,
@@ -290,9 +305,10 @@ app.add_typer(stitch_app, name="stitch")
 
 @stitch_app.command("build")
 def stitch_build(
-    cuts: Annotated[Optional[str], typer.Option(help="Comma-separated cut points k (default: docs/STITCHING.md).")]
-    = None,
-    steps: Annotated[int, typer.Option(help="Distillation steps (all stitches train each step).")] = 60,
+    cuts: Annotated[Optional[str], typer.Option(help="Comma-separated cut points k (default: the family's recipe, "
+                                                     "docs/STITCHING.md).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Distillation steps (all stitches train each step; default: "
+                                                      "the family's recipe).")] = None,
     family: FamilyOpt = None,
     model: ModelOpt = None,
     small: SmallOpt = None,
@@ -300,20 +316,30 @@ def stitch_build(
     matmul_dtype: MatmulDtypeOpt = "auto",
 ) -> None:
     """Least-squares (or identity) start, then KL distillation of every stitch; cached by family fingerprint."""
+    from dataclasses import replace
     from pathlib import Path
 
     from stitchllm.family.family import load_family
+    from stitchllm.family.registry import DEFAULT_FAMILY
     from stitchllm.models.linear import resolve_matmul_dtype
-    from stitchllm.stitch.build import StitchBuildConfig, build_stitches, stitches_dir
-    from stitchllm.stitch.train import StitchTrainConfig
+    from stitchllm.stitch.build import build_stitches, stitches_dir
+    from stitchllm.stitch.recipes import recipe_for
 
     resolve_matmul_dtype(matmul_dtype)  # an unknown name fails before any model loads
+    if steps is not None and steps < 1:
+        raise StitchError(f"--steps must be at least 1, got {steps}")
+    cfg = recipe_for(family or (DEFAULT_FAMILY if model is None and small is None else None))
     model, small = _members(family, model, small)
     family = load_family(model, small)
     cut_list = tuple(int(c) for c in cuts.split(",")) if cuts else None
     if cut_list and not all(0 < k < family.large.config.num_layers for k in cut_list):
         raise StitchError(f"cut points must be in [1, {family.large.config.num_layers - 1}]")
-    cfg = StitchBuildConfig(cuts=cut_list, train=StitchTrainConfig(steps=steps, matmul_dtype=matmul_dtype))
+    if cut_list:
+        cfg = replace(cfg, cuts=cut_list, pairs=None)
+        cache = cfg.train.teacher_cache
+        if cache is not None and cache.cuts is not None and not set(cut_list) <= set(cache.cuts):
+            cfg = replace(cfg, train=replace(cfg.train, teacher_cache=replace(cache, cuts=None)))
+    cfg = replace(cfg, train=replace(cfg.train, steps=steps or cfg.train.steps, matmul_dtype=matmul_dtype))
     directory = Path(out) if out else stitches_dir(family)
     manifest = build_stitches(family, cfg, directory)
     print(f"stitches at {directory} ({manifest['seconds']:.0f} s to build)")
@@ -462,6 +488,7 @@ def serve(
     slo_tpot_ms: Annotated[float, typer.Option(help="Time-per-output-token target for the load controller.")] = 200.0,
     api_key: Annotated[Optional[str], typer.Option(envvar="STITCHLLM_API_KEY", help="Require this bearer key on /v1.")] = None,
     matmul_dtype: MatmulDtypeOpt = "auto",
+    weights: WeightsOpt = "fp32",
     family: FamilyOpt = None,
     model: ModelOpt = None,
     small: SmallOpt = None,
@@ -479,11 +506,13 @@ def serve(
 
     config = EngineConfig(max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                           max_num_batched_tokens=max_num_batched_tokens, kv_budget_mb=kv_budget_mb, policy=policy,
-                          slo=SLOConfig(ttft_ms=slo_ttft_ms, tpot_ms=slo_tpot_ms), matmul_dtype=matmul_dtype)
+                          slo=SLOConfig(ttft_ms=slo_ttft_ms, tpot_ms=slo_tpot_ms), matmul_dtype=matmul_dtype,
+                          weights=weights)  # checks both names, before any model loads
     engine = AsyncEngine.build(lambda: build_engine(config, model, small, stitches))  # tensors on its thread only
     llm = engine.engine
     app = create_app(engine, llm.catalog.family.tokenizer, api_key)
     print(f"serving routes {', '.join(llm.route_names)} (policy {llm.config.policy}, {llm.matmul_dtype} matmuls, "
+          f"{llm.weights} weights, "
           f"{llm.kv.capacity['large']} sequences of {max_model_len} tokens) "
           f"on http://{host}:{port}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
@@ -557,6 +586,7 @@ def bench(
              "family its quality is scored with.")] = None,
     api_key: Annotated[Optional[str], typer.Option(envvar="STITCHLLM_API_KEY", help="Bearer key for --url.")] = None,
     matmul_dtype: MatmulDtypeOpt = "auto",
+    weights: WeightsOpt = "fp32",
 ) -> None:
     """Throughput, latency, goodput and served quality of each policy, Poisson load and saturation, one run."""
     import torch
@@ -565,6 +595,7 @@ def bench(
     from stitchllm.data.corpus import python_docs_text
     from stitchllm.eval.text import read_text
     from stitchllm.models.linear import resolve_matmul_dtype
+    from stitchllm.models.quantized import resolve_weight_format
     from stitchllm.family.registry import large_gguf
     from stitchllm.routing.catalog import load_catalog
 
@@ -574,7 +605,7 @@ def bench(
         raise StitchError(f"--workload must be text or humaneval, got {workload!r}")
     if workload == "humaneval" and url:
         raise StitchError("--workload humaneval runs on the in-process engine, not --url")
-    resolve_matmul_dtype(matmul_dtype)  # an unknown name fails before any model loads
+    weights = resolve_weight_format(weights, resolve_matmul_dtype(matmul_dtype))  # fails before any model loads
     model, small = _members(family, model, small)
     policy_names = tuple(p.strip() for p in policies.split(",") if p.strip())
     target = None
@@ -584,7 +615,7 @@ def bench(
         target = ServerTarget(url, api_key)
         for policy in policy_names:
             target.model_for(policy)
-    catalog = load_catalog(model, small, stitches)
+    catalog = load_catalog(model, small, stitches, weights=weights)
     stitch_dir = _stitch_dir(catalog, stitches) if catalog.stitches else None
     ids = torch.zeros(0, dtype=torch.long)  # humaneval's prompts are its problems
     if workload == "text":
@@ -596,7 +627,7 @@ def bench(
                       prompt_tokens=prompt_tokens, output_tokens=output_tokens, concurrency=concurrency,
                       peer_batch=peer_batch, slo_ttft_ms=slo_ttft, slo_tpot_ms=slo_tpot,
                       num_requests=min(256, max(8, len(ids) // 100)), peers=peers, matmul_dtype=matmul_dtype,
-                      workload=workload, prompt_format=prompt_format)
+                      weights=weights, workload=workload, prompt_format=prompt_format)
     report = run_bench(catalog, stitch_dir, ids, cfg, large_gguf(model), target)
     if plot:
         from stitchllm.eval.plots import plot_bench

@@ -18,6 +18,7 @@ from stitchllm.engine.build import engine_from_catalog
 from stitchllm.engine.config import EngineConfig
 from stitchllm.errors import StitchError
 from stitchllm.models.linear import dtype_name, resolve_matmul_dtype
+from stitchllm.models.quantized import resolve_weight_format
 from stitchllm.routing.catalog import RouteCatalog
 from stitchllm.routing.controller import SLOConfig
 from stitchllm.paths import stitchllm_home
@@ -48,12 +49,14 @@ class BenchConfig:
     peers: bool = True  # also measure transformers `generate` (and llama.cpp when installed) on the same prompts
     sweep: bool = False  # rates from the saturation run instead of `rates` (see sweep_rates)
     matmul_dtype: str = "float32"  # precision of the engine's linears (and of the quality labels and peers)
+    weights: str = "fp32"  # how the engine's block weights are stored (and the quality labels'; not the peers')
     workload: str = "text"  # text (fixed-length spans of real text) | humaneval (the problems, served to the end)
     prompt_format: str = "chat"  # humaneval: chat | completion (eval/humaneval.py)
 
     def __post_init__(self) -> None:
         if self.workload not in ("text", "humaneval"):
             raise StitchError(f"workload must be text or humaneval, got {self.workload!r}")
+        resolve_weight_format(self.weights, resolve_matmul_dtype(self.matmul_dtype))  # one-line errors
 
 
 class EngineTarget:
@@ -70,7 +73,7 @@ class EngineTarget:
                               max_num_batched_tokens=max(512, cfg.prompt_tokens),
                               policy=POLICY_ALIASES.get(policy, policy), static_cost=cfg.static_cost,
                               slo=SLOConfig(ttft_ms=cfg.slo_ttft_ms, tpot_ms=cfg.slo_tpot_ms, dwell_s=1.0),
-                              matmul_dtype=cfg.matmul_dtype)
+                              matmul_dtype=cfg.matmul_dtype, weights=cfg.weights)
         return engine_from_catalog(self.catalog, self.stitch_dir, config)
 
     def open_loop(self, policy: str, requests, arrivals: list[float], output_tokens: int):
@@ -94,15 +97,17 @@ def _peers(catalog: RouteCatalog, requests, gguf: Path | None, cfg: BenchConfig)
 
 
 def quality_labels(catalog: RouteCatalog, stitch_dir, requests, prompt_tokens: int,
-                   matmul_dtype: str = "float32") -> RouterDataset:
+                   matmul_dtype: str = "float32", weights: str = "fp32") -> RouterDataset:
     """Every route's top-1 agreement and NLL on each request's true continuation (teacher-forced), cached per
-    family, stitches, requests and matmul precision (the one the engine serves in, so the labels score what it
-    served): the quality a policy served is then looked up by the route each request took."""
+    family, stitches, requests, matmul precision and weight format (those the engine serves in, so the labels score
+    what it served): the quality a policy served is then looked up by the route each request took."""
     dtype = resolve_matmul_dtype(matmul_dtype)
-    catalog.set_matmul_dtype(dtype)
+    fmt = resolve_weight_format(weights, dtype)
+    catalog.set_matmul_dtype(dtype, fmt)
     # fp32 keeps the key of the labels cached before precision was a choice; bf16 names the head's precision too
-    # (bf16 until session 14), so labels scored with bf16 heads are not reused
+    # (bf16 until session 14), so labels scored with bf16 heads are not reused; fp32 weights add nothing to it
     precision = [str(dtype), "lm_head float32"] if dtype != torch.float32 else []
+    precision += [f"weights {fmt}"] if fmt != "fp32" else []
     key = json.dumps([catalog.family.fingerprint(), stitches_fingerprint(stitch_dir) if stitch_dir else None,
                       [r.prompt + r.continuation for r in requests], prompt_tokens] + precision)
     path = stitchllm_home() / "bench" / f"labels-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
@@ -118,7 +123,7 @@ def quality_labels(catalog: RouteCatalog, stitch_dir, requests, prompt_tokens: i
 def workload(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: BenchConfig) -> tuple[list, RouterDataset]:
     """The bench's requests cut from `text_ids`, with every route's quality labels on them."""
     requests = make_requests(text_ids, cfg.num_requests, cfg.prompt_tokens, cfg.output_tokens)
-    return requests, quality_labels(catalog, stitch_dir, requests, cfg.prompt_tokens, cfg.matmul_dtype)
+    return requests, quality_labels(catalog, stitch_dir, requests, cfg.prompt_tokens, cfg.matmul_dtype, cfg.weights)
 
 
 def heldout_workload(catalog: RouteCatalog, stitch_dir, cfg: BenchConfig) -> tuple[list, RouterDataset]:
@@ -199,5 +204,7 @@ def run_bench(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: Be
                 "prompt_tokens": cfg.prompt_tokens, "output_tokens": cfg.output_tokens,
                 "concurrency": cfg.concurrency, "peer_batch": cfg.peer_batch, "slo_ttft_ms": cfg.slo_ttft_ms,
                 "slo_tpot_ms": cfg.slo_tpot_ms, "server": getattr(target, "url", None),
-                "matmul_dtype": dtype_name(resolve_matmul_dtype(cfg.matmul_dtype)), "workload": cfg.workload}
+                "matmul_dtype": dtype_name(resolve_matmul_dtype(cfg.matmul_dtype)),
+                "weights": resolve_weight_format(cfg.weights, resolve_matmul_dtype(cfg.matmul_dtype)),
+                "workload": cfg.workload}
             | ({"prompt_format": cfg.prompt_format} if humaneval else {})}

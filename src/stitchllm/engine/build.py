@@ -8,6 +8,8 @@ from pathlib import Path
 
 from stitchllm.engine.config import EngineConfig
 from stitchllm.engine.llm_engine import LLMEngine
+from stitchllm.models.linear import resolve_matmul_dtype
+from stitchllm.models.quantized import resolve_weight_format
 from stitchllm.paths import stitchllm_home
 from stitchllm.routing.catalog import RouteCatalog, load_catalog
 from stitchllm.stitch.store import stitches_fingerprint
@@ -30,9 +32,8 @@ def engine_from_catalog(catalog: RouteCatalog, stitch_dir: Path | None, config: 
     """The engine for `config`; `auto` on a family without stitches (nothing to route between but the two whole
     models, and no router trained for it) serves every unpinned request on `large` and says so."""
     if config.policy == "auto" and not catalog.stitches:
-        log.warning("no stitches built for this family: policy auto serves every request on `large`; name "
-                    "`small` as the model to use the small one (`stitchllm stitch build` and `router train` add "
-                    "the stitched routes and the router)")
+        log.warning("no stitched route for this family (none built, or none kept by `stitchllm stitch build`): "
+                    "policy auto serves every request on `large`; name `small` as the model to use the small one")
         config = replace(config, policy="fixed:large")
     router, thresholds = None, None
     if config.policy in ("auto", "router", "whole-model") and stitch_dir is not None:
@@ -45,6 +46,8 @@ def build_engine(config: EngineConfig, model: str, small: str | None = None,
                  stitches: str | None = None) -> LLMEngine:
     from stitchllm.stitch.build import stitches_dir
 
-    catalog = load_catalog(model, small, stitches)
+    # quantised weights are made as the checkpoint streams in (models/loader.py): the fp32 model is never whole
+    fmt = resolve_weight_format(config.weights, resolve_matmul_dtype(config.matmul_dtype))
+    catalog = load_catalog(model, small, stitches, weights=fmt)
     stitch_dir = Path(stitches) if stitches else stitches_dir(catalog.family)
     return engine_from_catalog(catalog, stitch_dir if catalog.stitches else None, config)

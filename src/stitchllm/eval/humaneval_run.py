@@ -12,6 +12,8 @@ from stitchllm.engine.config import EngineConfig
 from stitchllm.eval.execution import check_completions
 from stitchllm.eval.humaneval import AnswerWatch, check_format, completion_from_text, encode_problem, load_problems
 from stitchllm.errors import StitchError
+from stitchllm.models.linear import resolve_matmul_dtype
+from stitchllm.models.quantized import resolve_weight_format
 from stitchllm.routing.catalog import RouteCatalog
 
 
@@ -27,12 +29,18 @@ class HumanEvalConfig:
     kv_budget_mb: float = 3072.0
     max_num_seqs: int = 32
     matmul_dtype: str = "float32"
+    weights: str = "fp32"  # how the engine's block weights are stored (models/quantized.py)
     static_cost: float = 0.7  # the target cost of the non-adaptive policies (router, random, whole-model)
 
     def __post_init__(self) -> None:
         check_format(self.prompt_format)
         if self.max_new_tokens < 1 or self.timeout_s <= 0 or self.workers < 1:
             raise StitchError("max_new_tokens and workers must be at least 1, timeout_s positive")
+        self.resolved_weights()  # one-line errors, before loading
+
+    def resolved_weights(self) -> str:
+        """The weight format `weights` names with these matmuls ('auto' resolved)."""
+        return resolve_weight_format(self.weights, resolve_matmul_dtype(self.matmul_dtype))
 
 
 @dataclass
@@ -68,7 +76,8 @@ def generate_all(engine, task_ids: list[str], prompts: list[list[int]], max_new_
 def _engine_config(catalog: RouteCatalog, cfg: HumanEvalConfig, longest_prompt: int, policy: str) -> EngineConfig:
     max_len = min(longest_prompt + cfg.max_new_tokens, catalog.family.large.max_positions)
     return EngineConfig(max_model_len=max_len, max_num_seqs=cfg.max_num_seqs, kv_budget_mb=cfg.kv_budget_mb,
-                        policy=policy, static_cost=cfg.static_cost, matmul_dtype=cfg.matmul_dtype)
+                        policy=policy, static_cost=cfg.static_cost, matmul_dtype=cfg.matmul_dtype,
+                        weights=cfg.weights)
 
 
 def evaluate(catalog: RouteCatalog, stitch_dir, problems: list[dict], prompts: list[list[int]], policy: str,

@@ -18,23 +18,40 @@ def plot_route_frontier(rows: list[dict], path: str, title: str, screened_out: l
     plt = _pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
     costs = [r["cost"] for r in rows]
-    a.plot(costs, [r["ppl"] for r in rows], "o-")
-    b.plot(costs, [r["top1_agree"] for r in rows], "o-", color="tab:green")
+    a.plot(costs, [r["ppl"] for r in rows], "o-", label="routes")
+    b.plot(costs, [r["top1_agree"] for r in rows], "o-", color="tab:green", label="routes")
+    _mixing_line(a, b, rows)
     if screened_out:
         for ax, key in ((a, "ppl"), (b, "top1_agree")):
             ax.plot([r["cost"] for r in screened_out], [r[key] for r in screened_out], "x", color="grey",
                     label="screened out on validation")
-            ax.legend(fontsize=7)
     for r in list(rows) + list(screened_out):
         a.annotate(r["name"], (r["cost"], r["ppl"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         b.annotate(r["name"], (r["cost"], r["top1_agree"]), fontsize=7, xytext=(3, -9), textcoords="offset points")
-    a.set(xlabel="cost (FLOPs/token relative to large)", ylabel="perplexity (held-out)", title=title)
+    a.set(xlabel="cost (FLOPs/token relative to large)", ylabel="perplexity", title=title)
     b.set(xlabel="cost (FLOPs/token relative to large)", ylabel="top-1 agreement with large")
     for ax in (a, b):
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _mixing_line(ppl_ax, top1_ax, rows: list[dict]) -> None:
+    """The two whole models mixed at every share (eval/mixing.py), dashed, where the rows hold both."""
+    from stitchllm.eval.mixing import with_mixing_line
+
+    ends = {r["name"]: r for r in rows if r["name"] in ("small", "large")}
+    if len(ends) < 2:
+        return
+    lo, hi = ends["small"]["cost"], ends["large"]["cost"]
+    grid = [dict(ends["small"], name="", cost=lo + (hi - lo) * i / 50) for i in range(51)]
+    line = with_mixing_line(grid + list(ends.values()))[:51]
+    ppl_ax.plot([r["cost"] for r in line], [r["mix_ppl"] for r in line], "--", color="grey",
+                label="mixing the whole models")
+    top1_ax.plot([r["cost"] for r in line], [r["mix_top1"] for r in line], "--", color="grey",
+                 label="mixing the whole models")
 
 
 def plot_router_curves(report: dict, path: str) -> None:

@@ -53,13 +53,14 @@ class Family:
         return blocks if derived_from_large and blocks and len(blocks) == self.small.config.num_layers else None
 
 
-def load_family(large: str | Path = "default", small: str | Path | None = None) -> Family:
-    """Load both models; refuses a pair whose tokenizers differ (their tokens would not mean the same)."""
+def load_family(large: str | Path = "default", small: str | Path | None = None, weights: str = "fp32") -> Family:
+    """Load both models (block weights stored as `weights`, models/loader.py); refuses a pair whose tokenizers
+    differ (their tokens would not mean the same)."""
     from stitchllm.family.derive import default_sibling_dir
 
     large_dir = resolve_model_dir(large)
     small_dir = resolve_model_dir(small if small is not None else default_sibling_dir())
-    big, little = load_model(large_dir), load_model(small_dir)
+    big, little = load_model(large_dir, weights=weights), load_model(small_dir, weights=weights)
     tok_large = load_tokenizer(large_dir, big.config.vocab_size)
     tok_small = load_tokenizer(small_dir, little.config.vocab_size)
     if big.config.vocab_size != little.config.vocab_size or tok_large.get_vocab() != tok_small.get_vocab():

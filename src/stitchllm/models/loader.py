@@ -153,8 +153,14 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     max_positions: int | None = None,
+    weights: str = "fp32",
 ) -> DecoderModel:
-    """Load a model's weights into the block runtime; the architecture is read from its config's `model_type`."""
+    """Load a model's weights into the block runtime; the architecture is read from its config's `model_type`.
+    `weights` 'int8' / 'int4' stores every linear but the LM head quantised (models/quantized.py), each as it
+    arrives: the fp32 model is never whole in memory."""
+    from stitchllm.models.quantized import quantized_kind
+
+    kind = quantized_kind(weights)  # an unknown or unsupported format fails before anything is read
     model_dir = resolve_model_dir(source)
     config = load_config(model_dir)
     hf_tensors = SafetensorsCheckpoint(model_dir)
@@ -171,9 +177,19 @@ def load_model(
         # the model never holds more than its weights plus the one being packed (the 0.93 GB head of
         # Qwen2.5-Coder-1.5B, which load_hf_state_dict reads first, while little else is resident).
         linears = {f"{name}.weight": m for name, m in model.named_modules() if isinstance(m, Linear)}
-        loaded = lambda name: linears[name].pack(torch.float32, release=True) if name in linears else None  # noqa: E731
+
+        def loaded(name: str) -> None:
+            linear = linears.get(name)
+            if linear is None:
+                return
+            if kind is None or linear is model.lm_head:
+                linear.pack(torch.float32, release=True)
+            else:
+                linear.hold(kind(linear.weight.detach()))
+    elif kind is not None:
+        raise StitchError(f"--weights {weights} needs fp32 weights on the CPU")
     load_hf_state_dict(model, hf_tensors, loaded)
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False).prepack()
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False).prepack(weights=weights)
 
 
 def load_tokenizer(source: str | Path | None = None, vocab_size: int | None = None):

@@ -157,11 +157,17 @@ def _int4_layout(rows: int, k: int) -> torch.Tensor:
 _KINDS = {"int8": Int8Weight, "int4": Int4Weight}
 
 
+def quantized_kind(fmt: str):
+    """Int8Weight / Int4Weight for 'int8' / 'int4' (and 'auto' where it picks one, with fp32 matmuls), None for
+    fp32; refuses, in one line, a format this CPU cannot run."""
+    return _KINDS.get(resolve_weight_format(fmt))
+
+
 def quantize_linears(module: nn.Module, fmt: str, keep_fp32: tuple[nn.Module, ...] = ()) -> None:
     """Replace the weight of every Linear inside `module` by its `fmt` form ('int8' / 'int4' / 'auto'; one copy in
     memory); those in `keep_fp32` are packed in fp32 instead. A linear already in `fmt` keeps its quantised weight
     (re-quantising a dequantised weight would only add error)."""
-    kind = _KINDS.get(resolve_weight_format(fmt))
+    kind = quantized_kind(fmt)
     if kind is None:
         raise StitchError(f"not a quantised weight format: {fmt!r} (int8, int4)")
     for m in module.modules():

@@ -70,12 +70,13 @@ def build_catalog(family: Family, stitches: dict[str, StitchLayer]) -> RouteCata
 
 
 def load_catalog(large: str = "default", small: str | None = None, stitches: str | Path | None = None,
-                 which: str = "trained", require_stitches: bool = False) -> RouteCatalog:
-    """Load the family and, when built, its stitches (from `stitches` or the family's cache directory)."""
+                 which: str = "trained", require_stitches: bool = False, weights: str = "fp32") -> RouteCatalog:
+    """Load the family (block weights stored as `weights`) and, when built, its stitches (from `stitches` or the
+    family's cache directory)."""
     from stitchllm.stitch.build import stitches_dir
     from stitchllm.stitch.store import MANIFEST, load_stitches
 
-    family = load_family(large, small)
+    family = load_family(large, small, weights)
     directory = Path(stitches) if stitches else stitches_dir(family)
     if not ((directory / MANIFEST).is_file() or require_stitches or stitches):
         return build_catalog(family, {})

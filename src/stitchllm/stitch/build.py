@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,7 +17,7 @@ from stitchllm.family.family import Family
 from stitchllm.models.linear import dtype_name, resolve_matmul_dtype
 from stitchllm.paths import stitchllm_home
 from stitchllm.routing.executor import RouteExecutor
-from stitchllm.routing.route import enumerate_routes
+from stitchllm.routing.route import enumerate_routes, large_route, small_route, stitched_route
 from stitchllm.stitch.frontier import dominated
 from stitchllm.stitch.init import pair_fits
 from stitchllm.stitch.layer import StitchLayer, stitch_key
@@ -33,6 +33,8 @@ class StitchBuildConfig:
     """Which stitches to build and how; its hash decides whether a cached build can be reused."""
 
     cuts: tuple[int, ...] | None = None  # None: the defaults of `enumerate_routes`
+    pairs: tuple[tuple[int, int], ...] | None = None  # explicit (cut, entry) candidates instead of `cuts`
+    stitch_mlp: int = 0  # hidden width of each stitch's residual MLP (stitch/layer.py); 0: affine only
     block_map: bool = True  # a sibling derived from the large model: also its block-map routes (`entry_after`)
     screen: bool = True  # keep only the candidates on the validation quality/cost frontier
     calibration_tokens: int = 16384
@@ -45,6 +47,10 @@ class StitchBuildConfig:
         recipe = asdict(self)
         if recipe["train"]["teacher_cache"] is None:  # builds from before the teacher cache keep their fingerprint
             del recipe["train"]["teacher_cache"]
+        for fields, name, default in ((recipe, "pairs", None), (recipe, "stitch_mlp", 0),
+                                      (recipe["train"], "precondition", False)):  # and from before these fields
+            if fields[name] == default:
+                del fields[name]
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -82,16 +88,21 @@ def best_start(starts: dict[str, dict[str, StitchLayer]], metrics: dict[str, dic
 
 
 def calibration_fits(family: Family, cfg: StitchBuildConfig, ids: torch.Tensor, pairs: list[tuple[int, int]]):
-    """Least-squares statistics for the starts, on the stream's first `calibration_tokens` in windows of 512. With
-    a teacher cache, the large model's states are read from (or first written to) a states-only cache (top_k 0:
-    the least-squares start needs no teacher distribution), which drops a last window shorter than 512."""
-    calibration = ids[: cfg.calibration_tokens]
+    """Least-squares statistics for the starts, on the stream's first `calibration_tokens`. With a teacher cache
+    they are read from the training cache's first windows (made now where missing): the start costs no teacher
+    pass of its own. Without, the large model runs over windows of 512."""
     if cfg.train.teacher_cache is None:
-        return pair_fits(family, pairs, windows=list(calibration.split(CALIBRATION_WINDOW)))
-    cache = TeacherCache(teacher_cache_root(), family.fingerprint()["large"], calibration, CALIBRATION_WINDOW,
-                         {k for k, _ in pairs}, replace(cfg.train.teacher_cache, top_k=0))
-    cache.fill(family.large)
-    return pair_fits(family, pairs, cache=cache)
+        return pair_fits(family, pairs, windows=list(ids[: cfg.calibration_tokens].split(CALIBRATION_WINDOW)))
+    cache = training_cache(family, cfg, ids, {k for k, _ in pairs})
+    windows = max(1, cfg.calibration_tokens // cfg.train.seq_len)
+    cache.fill(family.large, windows)
+    return pair_fits(family, pairs, cache=cache, cache_windows=windows)
+
+
+def training_cache(family: Family, cfg: StitchBuildConfig, ids: torch.Tensor, cuts: set[int]) -> TeacherCache:
+    """The teacher cache the stitches train from (stitch/train.py `cached_teacher` opens the same one)."""
+    return TeacherCache(teacher_cache_root(), family.fingerprint()["large"], ids, cfg.train.seq_len,
+                        cfg.train.teacher_cache.cuts_for(cuts), cfg.train.teacher_cache)
 
 
 def build_stitches(family: Family, cfg: StitchBuildConfig, out: Path) -> dict:
@@ -117,14 +128,19 @@ def build_stitches(family: Family, cfg: StitchBuildConfig, out: Path) -> dict:
     torch.manual_seed(cfg.train.seed)
     configs = {"large": family.large.config, "small": family.small.config}
     block_map = family.small_block_map() if cfg.block_map else None
-    routes = enumerate_routes(configs, list(cfg.cuts) if cfg.cuts else None, block_map)  # small ... large
+    if cfg.pairs:
+        routes = [small_route(configs), large_route(configs)] + [stitched_route(configs, k, j) for k, j in cfg.pairs]
+        routes.sort(key=lambda r: r.flops_per_token(configs))
+    else:
+        routes = enumerate_routes(configs, list(cfg.cuts) if cfg.cuts else None, block_map)  # small ... large
     pairs = [r.stitches[0] for r in routes if r.stitches]
     ids = torch.tensor(family.tokenizer(python_docs_text("train"), add_special_tokens=False)["input_ids"])
     val_windows = token_windows(python_docs_text("validation"), family.tokenizer, 512, cfg.validation_tokens)
 
     least_squares = {}
     for (cut, entry), fit in calibration_fits(family, cfg, ids, pairs).items():
-        layer = StitchLayer(family.large.config.hidden_size, family.small.config.hidden_size, cut, entry)
+        layer = StitchLayer(family.large.config.hidden_size, family.small.config.hidden_size, cut, entry,
+                            cfg.stitch_mlp)
         layer.set_affine(*fit.solve(cfg.ridge))
         least_squares[layer.key] = layer
     starts = {"least-squares": least_squares}
@@ -133,14 +149,17 @@ def build_stitches(family: Family, cfg: StitchBuildConfig, out: Path) -> dict:
     metrics_starts = {name: _validate(family, s, routes, val_windows) for name, s in starts.items()}
     stitches, start_of, metrics_init = best_start(starts, metrics_starts, routes)
     save_stitches(stitches, out, "init.safetensors")  # every candidate; the manifest names the ones kept
-    before = {key: (s.proj.weight.detach().clone(), s.proj.bias.detach().clone()) for key, s in stitches.items()}
-    train_kl = train_stitches(family, stitches, ids[cfg.calibration_tokens:], cfg.train)
+    before = {key: s.tensors() for key, s in stitches.items()}
+    # with a teacher cache the start's windows are trained on too (they are the train split, and cost no pass
+    # then); without, training begins after them, as before the cache
+    train_kl = train_stitches(family, stitches, ids if cfg.train.teacher_cache else ids[cfg.calibration_tokens:],
+                              cfg.train)
     metrics_trained = _validate(family, stitches, routes, val_windows)
     untrained = set()  # training that made a route worse on validation is undone: its start is kept
     for route in routes:
         if route.stitches and metrics_trained[route.name]["kl"] > metrics_init[route.name]["kl"]:
             key = stitch_key(*route.stitches[0])
-            stitches[key].set_affine(*before[key])
+            stitches[key].load_tensors(before[key])
             metrics_trained[route.name] = metrics_init[route.name]
             untrained.add(route.name)
 

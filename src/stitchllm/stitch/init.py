@@ -29,11 +29,12 @@ def _live_batches(family: Family, windows: list[torch.Tensor], pairs: Pairs) -> 
                bottom_states(family.small, ids, batch, {j for _, j in pairs}))
 
 
-def _cached_batches(family: Family, cache: TeacherCache, pairs: Pairs) -> Iterator[PairBatch]:
+def _cached_batches(family: Family, cache: TeacherCache, pairs: Pairs,
+                    num_windows: int | None = None) -> Iterator[PairBatch]:
     """X read from the cache (fp32, from its bf16/fp16 copy): the large model does not run. Y, the small model's
     own stream before block j, is still computed: its bottom blocks cost a fraction of the large pass, and caching
     it would tie the cache to one sibling."""
-    for window in cache.read_windows():
+    for window in cache.read_windows(None if num_windows is None else range(num_windows)):
         batch = ForwardBatch([0], [0], [len(window.ids)])
         yield ({k: window.states[k] for k, _ in pairs},
                bottom_states(family.small, window.ids, batch, {j for _, j in pairs}))
@@ -73,10 +74,14 @@ def paired_from_cache(family: Family, cache: TeacherCache, pairs: Pairs):
 
 @torch.inference_mode()
 def pair_fits(family: Family, pairs: Pairs, windows: list[torch.Tensor] | None = None,
-              cache: TeacherCache | None = None) -> dict[tuple[int, int], "AffineFit"]:
-    """The least-squares statistics of every pair over `windows` (or the cache's), accumulated pass by pass:
-    memory stays O(d^2) per pair however many calibration tokens there are."""
-    batches = _live_batches(family, windows, pairs) if cache is None else _cached_batches(family, cache, pairs)
+              cache: TeacherCache | None = None, cache_windows: int | None = None
+              ) -> dict[tuple[int, int], "AffineFit"]:
+    """The least-squares statistics of every pair over `windows` (or the cache's first `cache_windows`, all:
+    None), accumulated pass by pass: memory stays O(d^2) per pair however many calibration tokens there are."""
+    if cache is None:
+        batches = _live_batches(family, windows, pairs)
+    else:
+        batches = _cached_batches(family, cache, pairs, cache_windows)
     return _fits(batches, pairs, family.large.config.hidden_size, family.small.config.hidden_size)
 
 

@@ -19,8 +19,7 @@ def save_stitches(stitches: dict[str, StitchLayer], out: Path, filename: str) ->
     out.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for key, s in stitches.items():
-        tensors[f"{key}.weight"] = s.proj.weight.detach().contiguous()
-        tensors[f"{key}.bias"] = s.proj.bias.detach().contiguous()
+        tensors |= {f"{key}.{name}": t.contiguous() for name, t in s.tensors().items()}
     save_file(tensors, out / filename)
 
 
@@ -46,7 +45,10 @@ def load_stitches(family: Family, directory: Path, which: str = "trained") -> di
     d_large, d_small = family.large.config.hidden_size, family.small.config.hidden_size
     stitches = {}
     for cut, entry in manifest["cuts"]:
-        layer = StitchLayer(d_large, d_small, cut, entry)
-        layer.set_affine(tensors[f"{layer.key}.weight"], tensors[f"{layer.key}.bias"])
+        key = f"{cut}-{entry}."
+        own = {name.removeprefix(key): t for name, t in tensors.items() if name.startswith(key)}
+        mlp = len(own["mlp.down.bias"]) if "mlp.down.bias" in own else 0
+        layer = StitchLayer(d_large, d_small, cut, entry, mlp)
+        layer.load_tensors(own)
         stitches[layer.key] = layer.eval().requires_grad_(False)
     return stitches

@@ -55,6 +55,17 @@ class TeacherCacheConfig:
     # channels far above the rest, fp16 ends at 65,504); fp16 has 3 more mantissa bits. Stitches train under bf16
     # autocast where the CPU has it, which rounds their input to bf16 anyway
     windows_per_shard: int = 8
+    cuts: tuple[int, ...] | None = None  # the cuts whose streams are kept (None: those of the stitches trained). A
+    # superset lets builds with other cuts share one teacher pass: the pass costs the same whatever it keeps
+
+    def cuts_for(self, wanted: Iterable[int]) -> set[int]:
+        """The cuts a cache made for stitches at `wanted` keeps."""
+        wanted = set(wanted)
+        if self.cuts is None:
+            return wanted
+        if not wanted <= set(self.cuts):
+            raise StitchError(f"teacher cache keeps cuts {list(self.cuts)}, not {sorted(wanted - set(self.cuts))}")
+        return set(self.cuts)
 
     def __post_init__(self) -> None:
         if self.state_dtype not in STATE_DTYPES:

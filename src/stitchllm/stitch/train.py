@@ -44,6 +44,7 @@ class StitchTrainConfig:
     matmul_dtype: str = "auto"  # the routes' matmuls while training: auto = bf16 autocast where the CPU has native
     # bf16 dot products (the large model's teacher pass keeps its packed precision)
     teacher_cache: TeacherCacheConfig | None = None  # None: run the large model at every step
+    precondition: bool = False  # train each affine map on its input scaled to unit RMS per channel (StitchLayer)
 
     def lr_at(self, step: int) -> float:
         return self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(1, self.steps))))
@@ -70,7 +71,8 @@ def cached_teacher(family: Family, ids: torch.Tensor, cfg: StitchTrainConfig, cu
                    root: Path) -> Iterator[TeacherStep]:
     """The teacher read from a cache of the stream's first steps x batch windows (made now where missing),
     visited in an order shuffled by the seed: more steps extend the cache, they do not invalidate it."""
-    cache = TeacherCache(root, family.fingerprint()["large"], ids, cfg.seq_len, cuts, cfg.teacher_cache)
+    cache = TeacherCache(root, family.fingerprint()["large"], ids, cfg.seq_len, cfg.teacher_cache.cuts_for(cuts),
+                         cfg.teacher_cache)
     used = min(cache.num_windows, cfg.steps * cfg.batch)
     cache.fill(family.large, used)
     order = torch.randperm(used, generator=torch.Generator().manual_seed(cfg.seed))
@@ -102,6 +104,9 @@ def train_stitches(family: Family, stitches: dict[str, StitchLayer], ids: torch.
     small = family.small
     history: dict[str, list[float]] = {key: [] for key in stitches}
     for step, (step_ids, states, loss_of) in zip(tqdm(range(cfg.steps), desc="stitch training", unit="step"), teacher):
+        if step == 0 and cfg.precondition:  # each channel's RMS on the first batch: a fixed scale, not a statistic
+            for stitch in stitches.values():
+                stitch.precondition(states[stitch.cut].pow(2).mean(0).sqrt().clamp_min(1e-6))
         for group in optim.param_groups:
             group["lr"] = cfg.lr_at(step)
         optim.zero_grad(set_to_none=True)
@@ -121,5 +126,6 @@ def train_stitches(family: Family, stitches: dict[str, StitchLayer], ids: torch.
         del states, loss_of  # the step's teacher (a [T, V] tensor, live) goes before the next one is made
     for s in stitches.values():
         s.requires_grad_(False)
-        s.proj.pack()
+        s.fold()
+        s.pack()
     return {key: sum(v[-5:]) / max(1, len(v[-5:])) for key, v in history.items()}
