@@ -1,58 +1,94 @@
-"""Single-stream decode: the block runtime (fp32) vs llama.cpp on the embedded GGUF (its own 4-bit weights).
+"""Single-stream decode of the large model in each weight format against llama.cpp on the very same GGUF, in one run.
 
-    .venv/bin/pip install -e '.[peers]'      # compiles llama.cpp (~10 min on 2 cores)
-    .venv/bin/python benchmarks/single_stream.py [--prompt-tokens 64] [--new-tokens 128] [--seconds 30]
+    python benchmarks/single_stream.py --family qwen2.5-coder [--formats fp32,int8,int4] [--rounds 2] [--json F]
 
-Same prompts (held-out text), greedy, exactly --new-tokens tokens each (EOS ignored); each system decodes one
-request after another for --seconds, the two back to back in one run. llama.cpp reads 4x fewer weight bytes per
-token (Q4_1), so this is an efficiency reference, not a like-for-like comparison.
+The same 64 prompt tokens (the validation split's first) for every system, then 128 new tokens, greedy, EOS
+ignored. StitchLLM runs its block runtime with a KV cache (`stitchllm.generation.generate`, fp32 matmuls,
+`--weights` as given); llama.cpp runs through llama-cpp-python (the `peers` extra) on the family's Q4_K_M GGUF
+with as many threads as PyTorch uses. Each system is loaded once and runs its rounds back to back, one system after
+another; per system: the median over rounds of the time to the first new token (the prefill) and of the decode
+rate of the other 127.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import statistics
 import time
 
-import torch
 
-from stitchllm.bench.peers import llama_cpp_single_stream
-from stitchllm.bench.workload import make_requests
-from stitchllm.data.corpus import python_docs_text
-from stitchllm.generation import generate, model_last_logits
-from stitchllm.models.loader import load_model, load_tokenizer, resolve_model_dir
-from stitchllm.paths import embedded_gguf_path
-from stitchllm.sampling import SamplingParams
+def stitchllm_runs(model_dir: str, fmt: str, prompt: list[int], new_tokens: int, rounds: int) -> list[tuple]:
+    from stitchllm.generation import generate, model_last_logits
+    from stitchllm.models.loader import load_model
+    from stitchllm.sampling import SamplingParams
+
+    model = load_model(model_dir, weights=fmt)
+    runs = []
+    for _ in range(rounds):
+        stamps = []
+        params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+        start = time.perf_counter()
+        generate(model_last_logits(model, 1, len(prompt) + new_tokens), [prompt], params, set(),
+                 on_token=lambda _, t: stamps.append(time.perf_counter()))
+        runs.append((stamps[0] - start, (len(stamps) - 1) / (stamps[-1] - stamps[0])))
+    del model
+    gc.collect()
+    return runs
 
 
-def runtime_single_stream(model, requests, new_tokens: int, seconds: float) -> float:
-    params = SamplingParams(max_tokens=new_tokens, ignore_eos=True)
-    tokens, sent, start = 0, 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        prompt = requests[sent % len(requests)].prompt
-        (out,) = generate(model_last_logits(model, 1, len(prompt) + new_tokens), [prompt], params, set())
-        tokens, sent = tokens + len(out), sent + 1
-    return tokens / (time.perf_counter() - start)
+def llama_cpp_runs(gguf: str, prompt: list[int], new_tokens: int, rounds: int, threads: int) -> list[tuple]:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=gguf, n_ctx=len(prompt) + new_tokens + 8, n_threads=threads, n_batch=512, verbose=False)
+    runs = []
+    for _ in range(rounds):
+        llm.reset()
+        stamps, start = [], time.perf_counter()
+        for n, _ in enumerate(llm.generate(prompt, top_k=1, temp=0.0), start=1):
+            stamps.append(time.perf_counter())
+            if n == new_tokens:
+                break
+        runs.append((stamps[0] - start, (len(stamps) - 1) / (stamps[-1] - stamps[0])))
+    return runs
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    import torch
+
+    from stitchllm.data.corpus import python_docs_text
+    from stitchllm.family.registry import family_sources, large_gguf
+    from stitchllm.models.loader import load_tokenizer
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--family", default="qwen2.5-coder")
+    ap.add_argument("--formats", default="fp32,int8,int4")
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--json", default="")
     args = ap.parse_args()
-    model_dir = resolve_model_dir("default")
-    model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)  # load_model pre-packs the linears
-    ids = torch.tensor(tokenizer(python_docs_text("heldout"), add_special_tokens=False)["input_ids"])
-    requests = make_requests(ids, 16, args.prompt_tokens, args.new_tokens)
-    ours = runtime_single_stream(model, requests, args.new_tokens, args.seconds)
-    peer = llama_cpp_single_stream(embedded_gguf_path(), requests, args.new_tokens, args.seconds,
-                                   torch.get_num_threads())
-    if peer is None:
-        raise SystemExit("llama-cpp-python is not installed: pip install -e '.[peers]'")
-    print(json.dumps({"stitchllm_runtime_tok_s": round(ours, 1), "llama_cpp_tok_s": round(peer["throughput_tok_s"], 1),
-                      "threads": torch.get_num_threads()}))
-
+    large, _ = family_sources(args.family)
+    gguf = large_gguf(large)
+    prompt = load_tokenizer(large)(python_docs_text("validation"), add_special_tokens=False)["input_ids"]
+    prompt = prompt[: args.prompt_tokens]
+    threads = torch.get_num_threads()
+    systems = [(f"stitchllm {fmt}", lambda fmt=fmt: stitchllm_runs(large, fmt, prompt, args.new_tokens, args.rounds))
+               for fmt in args.formats.split(",")]
+    if gguf is not None:
+        systems.append(("llama.cpp Q4_K_M", lambda: llama_cpp_runs(str(gguf), prompt, args.new_tokens, args.rounds,
+                                                                    threads)))
+    rows = {}
+    for name, run in systems:  # each printed (and saved) as it ends: a crash in a peer loses only the peer
+        runs = run()
+        rows[name] = {"prefill_s": statistics.median(r[0] for r in runs),
+                      "decode_tok_s": statistics.median(r[1] for r in runs), "runs": runs}
+        print(f"{name:>20}  first token after {rows[name]['prefill_s']:.2f} s  "
+              f"decode {rows[name]['decode_tok_s']:.2f} tok/s", flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"args": vars(args), "threads": threads, "gguf": str(gguf), "rows": rows}, f, indent=1)
 
 if __name__ == "__main__":
     main()
