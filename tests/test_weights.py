@@ -98,6 +98,7 @@ def test_greedy_generation_with_quantised_weights(fmt):
         assert logits[len(prompt) - 1:-1].argmax(-1).tolist() == new
 
 
+@pytest.mark.skipif(not cpu_features().int8_weights, reason="no int8 kernel in this PyTorch/CPU")
 def test_requantising_keeps_the_quantised_weight():
     """prepack asked again for the same format keeps each quantised weight (rounding a rounded weight again would
     only add error); asked for fp32, it packs the dequantised weight."""
