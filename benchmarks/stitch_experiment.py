@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
 import torch
@@ -51,7 +50,8 @@ def main() -> None:
     from stitchllm.routing.route import large_route, small_route, stitched_route
     from stitchllm.stitch.build import _validate
     from stitchllm.stitch.init import pair_fits
-    from stitchllm.stitch.layer import StitchLayer
+    from stitchllm.eval.mixing import with_mixing_line
+    from stitchllm.stitch.layer import StitchLayer, stitch_key
     from stitchllm.stitch.teacher_cache import TeacherCache, TeacherCacheConfig, teacher_cache_root
     from stitchllm.stitch.train import StitchTrainConfig, train_stitches
 
@@ -104,18 +104,19 @@ def main() -> None:
     train_kl = train_stitches(family, stitches, train_ids, train)
     trained = _validate(family, stitches, routes, val)
 
-    small, large = start["small"]["ppl"], start["large"]["ppl"]  # with --lora, "trained" small ran tuned blocks
+    # the mixing line from the start's whole models: with --lora, "trained" small ran tuned blocks
+    costs = {r.name: r.flops_per_token(configs) / base for r in routes}
+    mixing = {m["name"]: m["mix_ppl"] for m in with_mixing_line([{"name": n, "cost": c} | start[n]
+                                                                 for n, c in costs.items()])}
     rows = []
     for r in routes:
-        cost = r.flops_per_token(configs) / base
-        share = (cost - routes[0].flops_per_token(configs) / base) / (1 - routes[0].flops_per_token(configs) / base)
-        mix = math.exp(share * math.log(large) + (1 - share) * math.log(small))
-        rows.append({"route": r.name, "cost": round(cost, 3), "start": start[r.name], "trained": trained[r.name],
-                     "mixing_ppl": mix, "train_kl": train_kl.get(r.stitches[0] and f"{r.stitches[0][0]}-{r.stitches[0][1]}")
-                     if r.stitches else None})
+        key = stitch_key(*r.stitches[0]) if r.stitches else None
+        rows.append({"route": r.name, "cost": round(costs[r.name], 3), "start": start[r.name],
+                     "trained": trained[r.name], "mixing_ppl": mixing[r.name], "train_kl": train_kl.get(key)})
         s, t = start[r.name], trained[r.name]
-        print(f"{r.name:>8} cost {cost:.3f}  start ppl {s['ppl']:7.2f} KL {s['kl']:.3f} top1 {s['top1_agree']:.3f}"
-              f"  -> ppl {t['ppl']:6.2f} KL {t['kl']:.3f} top1 {t['top1_agree']:.3f}  mixing ppl {mix:.2f}", flush=True)
+        print(f"{r.name:>8} cost {costs[r.name]:.3f}  start ppl {s['ppl']:7.2f} KL {s['kl']:.3f} "
+              f"top1 {s['top1_agree']:.3f}  -> ppl {t['ppl']:6.2f} KL {t['kl']:.3f} top1 {t['top1_agree']:.3f}  "
+              f"mixing ppl {mixing[r.name]:.2f}", flush=True)
     out = {"args": vars(args), "rows": rows, "seconds": round(time.perf_counter() - started)}
     if args.json:
         with open(args.json, "w") as f:
