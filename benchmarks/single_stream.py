@@ -1,6 +1,6 @@
 """Single-stream decode of the large model in each weight format against llama.cpp on the very same GGUF, in one run.
 
-    python benchmarks/single_stream.py --family qwen2.5-coder [--formats fp32,int8,int4] [--rounds 2] [--json F]
+    python benchmarks/single_stream.py --family qwen2.5-coder [--formats fp32,int4,gguf] [--rounds 2] [--json F]
 
 The same 64 prompt tokens (the validation split's first) for every system, then 128 new tokens, greedy, EOS
 ignored. StitchLLM runs its block runtime with a KV cache (`stitchllm.generation.generate`, fp32 matmuls,
@@ -63,7 +63,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--family", default="qwen2.5-coder")
-    ap.add_argument("--formats", default="fp32,int8,int4")
+    ap.add_argument("--formats", default="fp32,int4,gguf")
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=2)

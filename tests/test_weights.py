@@ -125,29 +125,28 @@ def test_int4_layout_across_chunks_and_a_short_last_tile():
 def test_weight_format_names_and_auto():
     assert resolve_weight_format("fp32") == "fp32"
     features = cpu_features()
-    measured_fast = features.int8_weights and features.capability == "AVX512"
-    assert resolve_weight_format("auto") == ("int8" if measured_fast else "fp32")
-    assert resolve_weight_format("auto", torch.bfloat16) == "fp32"  # bf16 matmuls beat int8 from 8 rows on
-    with pytest.raises(StitchError, match="unknown weight format 'nf4': use auto, fp32, int8, int4$"):
+    both = features.int8_weights and features.int4_weights
+    assert resolve_weight_format("auto") == resolve_weight_format("auto", torch.bfloat16) == ("gguf" if both else "fp32")
+    with pytest.raises(StitchError, match="unknown weight format 'nf4': use auto, fp32, int8, int4, gguf$"):
         EngineConfig(weights="nf4")
     assert EngineConfig().weights == "fp32"  # the engine's default is unchanged
 
 
 @pytest.mark.parametrize("env, fmt, alternative", [(DISABLE_INT4_ENV, "int4", "int8 or fp32"),
-                                                    (DISABLE_INT8_ENV, "int8", "fp32")])
+                                                    (DISABLE_INT8_ENV, "int8", "fp32"),
+                                                    (DISABLE_INT4_ENV, "gguf", "int8 or fp32")])
 def test_missing_kernel_is_a_one_line_error(monkeypatch, env, fmt, alternative):
     """The capability check is injectable (STITCHLLM_CPU_INT4=0 / _INT8=0), so the refusal is tested on every CPU."""
     monkeypatch.setenv(env, "0")
     cpu_features.cache_clear()
     try:
-        assert not getattr(cpu_features(), f"{fmt}_weights")
+        assert not (cpu_features().int8_weights and cpu_features().int4_weights)
         with pytest.raises(StitchError, match=rf"^{fmt} weights need .* use --weights {alternative}$") as err:
             random_model(CONFIG).prepack(weights=fmt)
         assert "\n" not in str(err.value)
         with pytest.raises(StitchError, match=f"{fmt} weights need"):
             EngineConfig(weights=fmt)
-        if fmt == "int8":
-            assert resolve_weight_format("auto") == "fp32"  # auto only picks what runs
+        assert resolve_weight_format("auto") == "fp32"  # auto only picks what runs
     finally:
         monkeypatch.delenv(env)
         cpu_features.cache_clear()
@@ -204,5 +203,5 @@ def test_loading_quantises_each_weight_as_it_arrives(fmt, tiny_parent_dir, monke
 def test_loading_an_unknown_format_is_one_line_before_reading(tiny_parent_dir):
     from stitchllm.models.loader import load_model
 
-    with pytest.raises(StitchError, match=r"^unknown weight format 'int3': use auto, fp32, int8, int4$"):
+    with pytest.raises(StitchError, match=r"^unknown weight format 'int3': use auto, fp32, int8, int4, gguf$"):
         load_model(tiny_parent_dir, weights="int3")

@@ -25,9 +25,10 @@ MatmulDtypeOpt = Annotated[str, typer.Option(
     "--matmul-dtype", help="auto | float32 | bfloat16: the precision of every linear layer; auto takes bfloat16 where "
                            "the CPU has native bf16 dot products (~1.9x faster matmuls), float32 elsewhere.")]
 WeightsOpt = Annotated[str, typer.Option(
-    "--weights", help="auto | fp32 | int8 | int4: how the blocks' matmul weights are stored (the LM head stays fp32); "
-                      "int8/int4 are weight-only, 1/4 and ~1/7 of the bytes; auto picks by this CPU (see "
-                      "models/quantized.py). Default fp32, the behaviour before the option existed.")]
+    "--weights", help="auto | fp32 | int8 | int4 | gguf: how the models' matmul weights are stored. gguf keeps the "
+                      "quantisation of the GGUF file a model came from (4-bit tensors as int4, others int8); int8 "
+                      "and int4 round the fp32 weights (LM head fp32). auto: gguf where this CPU runs both kernels, "
+                      "else fp32 (models/quantized.py).")]
 
 
 def _members(family: str | None, model: str | None, small: str | None) -> tuple[str, str | None]:
@@ -61,7 +62,7 @@ def generate(
     model: ModelOpt = None,
     small: SmallOpt = None,
     stitches: StitchesOpt = None,
-    weights: WeightsOpt = "fp32",
+    weights: WeightsOpt = "auto",
 ) -> None:
     """Complete PROMPT along a route (default: the large model), with a KV cache, streaming tokens to stdout."""
     model, small = _members(family, model, small)
@@ -209,7 +210,7 @@ def eval_command(
         help="humaneval: write every problem's completion and pass/fail here (JSONL).")] = None,
     kv_budget_mb: Annotated[float, typer.Option(help="humaneval: KV-cache memory of the engine.")] = 3072.0,
     matmul_dtype: MatmulDtypeOpt = "auto",
-    weights: WeightsOpt = "fp32",
+    weights: WeightsOpt = "auto",
     family: FamilyOpt = None,
     model: ModelOpt = None,
     small: SmallOpt = None,
@@ -488,7 +489,7 @@ def serve(
     slo_tpot_ms: Annotated[float, typer.Option(help="Time-per-output-token target for the load controller.")] = 200.0,
     api_key: Annotated[Optional[str], typer.Option(envvar="STITCHLLM_API_KEY", help="Require this bearer key on /v1.")] = None,
     matmul_dtype: MatmulDtypeOpt = "auto",
-    weights: WeightsOpt = "fp32",
+    weights: WeightsOpt = "auto",
     family: FamilyOpt = None,
     model: ModelOpt = None,
     small: SmallOpt = None,
@@ -586,7 +587,7 @@ def bench(
              "family its quality is scored with.")] = None,
     api_key: Annotated[Optional[str], typer.Option(envvar="STITCHLLM_API_KEY", help="Bearer key for --url.")] = None,
     matmul_dtype: MatmulDtypeOpt = "auto",
-    weights: WeightsOpt = "fp32",
+    weights: WeightsOpt = "auto",
 ) -> None:
     """Throughput, latency, goodput and served quality of each policy, Poisson load and saturation, one run."""
     import torch

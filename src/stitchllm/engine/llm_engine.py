@@ -55,6 +55,8 @@ class LLMEngine:
         catalog.set_matmul_dtype(matmul_dtype, config.weights)
         self.matmul_dtype = dtype_name(matmul_dtype)
         self.weights = resolve_weight_format(config.weights, matmul_dtype)
+        if self.weights == "gguf" and catalog.family.large.gguf_source is None:  # no GGUF file: loaded in fp32
+            self.weights = "fp32"
         self.route_names = [r.name for r in catalog.routes]
         self.costs = [catalog.relative_cost(r) for r in catalog.routes]
         needs_router = config.policy in (ADAPTIVE, "router", "whole-model")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -16,6 +18,8 @@ from stitchllm.models.rope import RotaryTable
 
 class DecoderModel(nn.Module):
     """The block runtime: callers (generation, stitched routes, the engine) compose the pieces as they need."""
+
+    gguf_source: Path | None = None  # the GGUF file whose quantised weights this model holds (loader, --weights gguf)
 
     def __init__(self, config: ModelConfig, max_positions: int | None = None):
         super().__init__()
@@ -32,8 +36,8 @@ class DecoderModel(nn.Module):
     # ---- the pieces ------------------------------------------------------------------------------
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids [T] -> hidden [T, D]."""
-        return self.embed_tokens(ids)
+        """ids [T] -> hidden [T, D] (in the model's dtype, whatever the table's: see prepack)."""
+        return self.embed_tokens(ids).to(self.final_norm.weight.dtype)
 
     def norm(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [..., D] -> normalised [..., D] (the final norm, before the head)."""
@@ -78,7 +82,7 @@ class DecoderModel(nn.Module):
 
     def new_cache(self, num_slots: int, max_len: int, first: int = 0, end: int | None = None) -> KVCache:
         """A KV cache for blocks [first, end) in this model's dtype and device."""
-        p = self.embed_tokens.weight
+        p = self.final_norm.weight
         return KVCache(self.config, num_slots, max_len, first, end, dtype=p.dtype, device=p.device)
 
     def prepack(self, matmul_dtype: torch.dtype = torch.float32, weights: str = "fp32") -> "DecoderModel":
@@ -95,7 +99,13 @@ class DecoderModel(nn.Module):
         int8 head is no better (its kernel takes and returns bf16): on SmolLM2-135M it alone made 4.4% of the
         top-1 tokens differ from fp32; with int8 blocks, 5.9% against 3.2% with an fp32 head (1024 tokens)."""
         fmt = resolve_weight_format(weights, matmul_dtype)
-        if fmt == "fp32":
+        if fmt == "gguf" and self.gguf_source is not None:
+            # the loader stored every linear as the GGUF file does; the embedding table, read a row per token, is
+            # kept in bf16 (the file's levels to a relative 2^-9): half the memory of fp32
+            pack_linears(self, matmul_dtype, keep_fp32=(self.lm_head,), release=True, skip_quantized=True)
+            if self.embed_tokens.weight.dtype == torch.float32:
+                self.embed_tokens.weight = nn.Parameter(self.embed_tokens.weight.bfloat16(), requires_grad=False)
+        elif fmt in ("fp32", "gguf"):  # gguf on a model with no GGUF source: nothing quantised to keep
             pack_linears(self, matmul_dtype, keep_fp32=(self.lm_head,), release=True)
         else:
             quantize_linears(self, fmt, keep_fp32=(self.lm_head,))

@@ -139,11 +139,12 @@ class Linear(nn.Linear):
 
 
 def pack_linears(module: nn.Module, matmul_dtype: torch.dtype = torch.float32,
-                 keep_fp32: tuple[nn.Module, ...] = (), release: bool = False) -> None:
+                 keep_fp32: tuple[nn.Module, ...] = (), release: bool = False, skip_quantized: bool = False) -> None:
     """(Re-)pack every Linear inside `module` to compute in `matmul_dtype`, those in `keep_fp32` in fp32; with
-    `release`, each packed form replaces its dense weight (one copy in memory)."""
+    `release`, each packed form replaces its dense weight (one copy in memory); with `skip_quantized`, linears
+    held quantised stay so."""
     for m in module.modules():
-        if isinstance(m, Linear):
+        if isinstance(m, Linear) and not (skip_quantized and m.quantized is not None):
             m.pack(torch.float32 if any(m is k for k in keep_fp32) else matmul_dtype, release)
 
 

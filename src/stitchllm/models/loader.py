@@ -13,6 +13,7 @@ import torch
 from stitchllm.errors import StitchError
 from stitchllm.models.config import ModelConfig
 from stitchllm.models.decoder import DecoderModel
+from stitchllm.models.gguf_blocks import SOURCE_MARKER, GGUFWeights, gguf_parts, gguf_source
 from stitchllm.models.hf_weights import check_config_matches, load_hf_state_dict
 from stitchllm.models.linear import Linear
 from stitchllm.paths import EMBEDDED_NAME, embedded_gguf_path, stitchllm_home
@@ -57,7 +58,7 @@ def gguf_to_hf_dir(gguf: Path, name: str | None = None) -> Path:
     with gguf.open("rb") as f:
         key = hashlib.sha256(str(gguf.stat().st_size).encode() + f.read(1 << 20)).hexdigest()[:10]
     out = stitchllm_home() / "models" / (name or f"{gguf.stem}-{key}")
-    marker = out / "stitchllm-source.json"
+    marker = out / SOURCE_MARKER
     if marker.is_file() and json.loads(marker.read_text()).get("key") == key:
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -156,12 +157,22 @@ def load_model(
     weights: str = "fp32",
 ) -> DecoderModel:
     """Load a model's weights into the block runtime; the architecture is read from its config's `model_type`.
-    `weights` 'int8' / 'int4' stores every linear but the LM head quantised (models/quantized.py), each as it
-    arrives: the fp32 model is never whole in memory."""
-    from stitchllm.models.quantized import quantized_kind
+    `weights` 'int8' / 'int4' stores every linear but the LM head quantised (models/quantized.py), 'gguf' every
+    linear as the GGUF file the model came from stores it (models/gguf_blocks.py); each as it arrives: the fp32
+    model is never whole in memory."""
+    from stitchllm.models.quantized import quantized_kind, resolve_weight_format
 
-    kind = quantized_kind(weights)  # an unknown or unsupported format fails before anything is read
+    fmt = resolve_weight_format(weights)  # an unknown or unsupported format fails before anything is read
+    kind = quantized_kind(fmt)
     model_dir = resolve_model_dir(source)
+    gguf = None
+    if fmt == "gguf":
+        source_file = gguf_source(model_dir)
+        if source_file is None:
+            log.warning("%s did not come from a GGUF file (or it is gone): --weights %s loads it in fp32",
+                        model_dir, weights)
+        else:
+            gguf = GGUFWeights(source_file)
     config = load_config(model_dir)
     hf_tensors = SafetensorsCheckpoint(model_dir)
     check_config_matches(config, set(hf_tensors))
@@ -182,14 +193,36 @@ def load_model(
             linear = linears.get(name)
             if linear is None:
                 return
-            if kind is None or linear is model.lm_head:
+            if gguf is not None:
+                linear.hold(_from_gguf(gguf, name, linear.weight.detach(), config.tie_word_embeddings))
+            elif kind is None or linear is model.lm_head:
                 linear.pack(torch.float32, release=True)
             else:
                 linear.hold(kind(linear.weight.detach()))
-    elif kind is not None:
+    elif fmt != "fp32":
         raise StitchError(f"--weights {weights} needs fp32 weights on the CPU")
     load_hf_state_dict(model, hf_tensors, loaded)
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False).prepack(weights=weights)
+    if gguf is not None:
+        if config.tie_word_embeddings:  # the head shares the embedding's tensor, which did not arrive as a linear
+            loaded("lm_head.weight")
+        model.gguf_source = gguf.path
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False).prepack(weights=fmt)
+
+
+def _from_gguf(gguf: GGUFWeights, name: str, dense: torch.Tensor, tied: bool):
+    """The quantised form of runtime weight `name` as the GGUF file stores it: int4 level for level where all its
+    parts are 4-bit types, else int8 per row of the de-quantised weight `dense` [N, K]. Refuses a GGUF file whose
+    levels do not give back `dense` (the checkpoint was not converted from it)."""
+    from stitchllm.models.quantized import Int4Weight, Int8Weight
+
+    levels = gguf.stacked_levels(gguf_parts(name, tied))
+    if levels is None:
+        return Int8Weight(dense)
+    q, scale, zero = levels
+    kept = (q.float() - 8).view(*scale.shape, -1) * scale[..., None] + zero[..., None]  # [N, K/G, G] fp32
+    if (kept.view(dense.shape) - dense).norm() > 1e-5 * dense.norm():  # fp32 rounding apart, they are equal
+        raise StitchError(f"{gguf.path} does not hold the weights of this checkpoint ({name} differs)")
+    return Int4Weight.from_levels(q, scale, zero)
 
 
 def load_tokenizer(source: str | Path | None = None, vocab_size: int | None = None):

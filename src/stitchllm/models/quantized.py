@@ -27,7 +27,7 @@ from stitchllm.errors import StitchError
 from stitchllm.models.cpu import cpu_features
 from stitchllm.models.linear import Linear
 
-WEIGHT_FORMATS = ("fp32", "int8", "int4")
+WEIGHT_FORMATS = ("fp32", "int8", "int4", "gguf")
 # PyTorch's x86 kernels for both formats are vectorised for bf16 activations only: with fp32 ones they run a scalar
 # loop, 10-30x slower than oneDNN fp32 (benchmarks/weight_formats.py). So activations are rounded to bf16 on the way
 # in (relative error ~4e-3, as for bf16 matmuls, models/linear.py) and the result comes back to fp32.
@@ -39,28 +39,27 @@ _QUANTISE_ROWS = 4096  # quantise this many rows at a time: a vocabulary-wide he
 
 
 def resolve_weight_format(name: str, matmul_dtype: torch.dtype = torch.float32) -> str:
-    """'fp32' / 'int8' / 'int4' as asked (refused in one line where this CPU's PyTorch cannot run the kernel), or
-    'auto': int8 where it was measured to beat the packed alternative at decode shapes, else fp32.
+    """'fp32' / 'int8' / 'int4' / 'gguf' as asked (refused in one line where this CPU's PyTorch cannot run the
+    kernel), or 'auto': 'gguf' where both kernels run, else 'fp32'. `matmul_dtype` is what every linear left dense
+    computes in; it does not change the choice.
 
-    The rule, from benchmarks/weight_formats.py at the 1.5B model's shapes on an AVX-512/AMX Xeon (one thread, the
-    other core busy): at 1 row int8 runs 2.2-2.8x faster than oneDNN fp32 and 0.8-1.45x bf16; at 8 rows 1.0-1.85x
-    fp32 but ~0.45x bf16 (AMX); from 16-32 rows on its kernel tops out near 50-80 GFLOP/s, 0.5-0.95x fp32 and
-    0.1-0.2x bf16 (prefill chunks and busy batches lose). So: int8 where the matmuls would otherwise run in fp32
-    (`matmul_dtype`) and PyTorch dispatches to its AVX-512 kernel (the one measured); fp32 weights where bf16 matmuls
-    are chosen, or elsewhere. int4 is never automatic: faster than int8 at 1 row on the big matrices (up to 2x), the
-    same from 8 rows on, and far coarser."""
+    'gguf' keeps the quantisation of the GGUF file a model was converted from (models/gguf_blocks.py): its 4-bit
+    tensors in int4 level for level, the rest in int8 per row, the head included; a model that did not come from a
+    GGUF file has none to keep and loads in fp32 (models/loader.py). Why it is the automatic choice, measured on
+    Qwen2.5-Coder-1.5B (docs/BENCHMARKS.md): held-out perplexity within 0.1% of fp32 (the fp32 weights are the same
+    file de-quantised), 2.6x fp32's single-stream decode, and under half its memory. int8 and int4 re-quantise
+    whatever fp32 weights they are given by rounding (int4: +5.4% perplexity on the same model)."""
     features = cpu_features()
     if name == "auto":
-        fast = features.int8_weights and features.capability == "AVX512" and matmul_dtype == torch.float32
-        return "int8" if fast else "fp32"
+        return "gguf" if features.int8_weights and features.int4_weights else "fp32"
     if name not in WEIGHT_FORMATS:
         raise StitchError(f"unknown weight format {name!r}: use auto, {', '.join(WEIGHT_FORMATS)}")
-    if name == "int8" and not features.int8_weights:
-        raise StitchError(f"int8 weights need PyTorch's CPU kernel aten._weight_int8pack_mm, which does not run "
+    if name in ("int8", "gguf") and not features.int8_weights:
+        raise StitchError(f"{name} weights need PyTorch's CPU kernel aten._weight_int8pack_mm, which does not run "
                           f"here ({features.describe()}): use --weights fp32")
-    if name == "int4" and not features.int4_weights:
-        raise StitchError(f"int4 weights need PyTorch's CPU kernel aten._weight_int4pack_mm_for_cpu, which does not "
-                          f"run here ({features.describe()}): use --weights int8 or fp32")
+    if name in ("int4", "gguf") and not features.int4_weights:
+        raise StitchError(f"{name} weights need PyTorch's CPU kernel aten._weight_int4pack_mm_for_cpu, which does "
+                          f"not run here ({features.describe()}): use --weights int8 or fp32")
     return name
 
 
@@ -96,15 +95,10 @@ class Int4Weight:
     `group_size` inputs of each row (asymmetric), for activations in `act_dtype`."""
 
     def __init__(self, w: torch.Tensor, group_size: int | None = None, act_dtype: torch.dtype = ACT_DTYPE):
+        """Round `w` [N, K] (fp32) to the nearest of 16 evenly spaced levels per group (round-to-nearest)."""
         n, k = w.shape
         group_size = group_size or next((g for g in INT4_GROUP_SIZES if k % g == 0), INT4_GROUP_SIZES[-1])
-        if n % 16 or k % group_size:  # the packing's own limits
-            raise StitchError(f"int4 weights need out_features divisible by 16 and in_features by {group_size} "
-                              f"(this layer: {n} x {k}): use --weights int8")
-        self.shape, self.group_size, self.act_dtype = (n, k), group_size, act_dtype
-        # packed [N, K/2] uint8 (two weights a byte); scales_and_zeros [K/G, N, 2] in act_dtype, as the kernel reads
-        self.packed = torch.empty(n, k // 2, dtype=torch.uint8)
-        self.scales_and_zeros = torch.empty(k // group_size, n, 2, dtype=act_dtype)
+        self._allocate(n, k, group_size, act_dtype)
         for rows in range(0, n, _QUANTISE_ROWS):  # a multiple of INT4_ROW_TILE: row chunks pack independently
             chunk = w[rows:rows + _QUANTISE_ROWS].float().view(-1, k // group_size, group_size)  # [R, K/G, G]
             lo, hi = chunk.amin(-1), chunk.amax(-1)  # [R, K/G]
@@ -113,9 +107,37 @@ class Int4Weight:
             scale = ((hi - lo) / 15).clamp(min=1e-12).to(act_dtype)
             zero = (lo + 8 * scale.float()).to(act_dtype)
             q = torch.round((chunk - zero.float()[..., None]) / scale.float()[..., None]) + 8
-            self.packed[rows:rows + _QUANTISE_ROWS] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
-                q.clamp(0, 15).to(torch.int32).view(-1, k), 2)  # inner_k_tiles: ignored by the CPU packing
-            self.scales_and_zeros[:, rows:rows + _QUANTISE_ROWS] = torch.stack([scale, zero], -1).transpose(0, 1)
+            self._pack_rows(rows, q.clamp(0, 15).view(-1, k), scale, zero)
+
+    @classmethod
+    def from_levels(cls, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                    act_dtype: torch.dtype = ACT_DTYPE) -> "Int4Weight":
+        """A weight already stored as int4 levels (a GGUF 4-bit tensor, models/gguf_blocks.py): q [N, K] in
+        [0, 15], scale and zero [N, K / G] with w = (q - 8) * scale + zero. Kept level for level; only scale and
+        zero are rounded to act_dtype."""
+        (n, k), groups = q.shape, scale.shape[1]
+        self = cls.__new__(cls)
+        self._allocate(n, k, k // groups, act_dtype)
+        for rows in range(0, n, _QUANTISE_ROWS):
+            end = rows + _QUANTISE_ROWS
+            self._pack_rows(rows, q[rows:end], scale[rows:end].to(act_dtype), zero[rows:end].to(act_dtype))
+        return self
+
+    def _allocate(self, n: int, k: int, group_size: int, act_dtype: torch.dtype) -> None:
+        if n % 16 or k % group_size:  # the packing's own limits
+            raise StitchError(f"int4 weights need out_features divisible by 16 and in_features by {group_size} "
+                              f"(this layer: {n} x {k}): use --weights int8")
+        self.shape, self.group_size, self.act_dtype = (n, k), group_size, act_dtype
+        # packed [N, K/2] uint8 (two weights a byte); scales_and_zeros [K/G, N, 2] in act_dtype, as the kernel reads
+        self.packed = torch.empty(n, k // 2, dtype=torch.uint8)
+        self.scales_and_zeros = torch.empty(k // group_size, n, 2, dtype=act_dtype)
+
+    def _pack_rows(self, rows: int, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> None:
+        """Pack levels q [R, K] for the rows from `rows` on (a multiple of INT4_ROW_TILE), scale and zero [R, K/G]."""
+        end = rows + q.shape[0]
+        self.packed[rows:end] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+            q.to(torch.int32), 2)  # inner_k_tiles: ignored by the CPU packing
+        self.scales_and_zeros[:, rows:end] = torch.stack([scale, zero], -1).transpose(0, 1)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x [M, K] in act_dtype -> [M, N] in act_dtype."""
@@ -158,8 +180,8 @@ _KINDS = {"int8": Int8Weight, "int4": Int4Weight}
 
 
 def quantized_kind(fmt: str):
-    """Int8Weight / Int4Weight for 'int8' / 'int4' (and 'auto' where it picks one, with fp32 matmuls), None for
-    fp32; refuses, in one line, a format this CPU cannot run."""
+    """Int8Weight / Int4Weight for 'int8' / 'int4', None for fp32 and gguf (which picks per tensor,
+    models/loader.py); refuses, in one line, a format this CPU cannot run."""
     return _KINDS.get(resolve_weight_format(fmt))
 
 
