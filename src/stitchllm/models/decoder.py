@@ -97,7 +97,9 @@ class DecoderModel(nn.Module):
         tokens differ from fp32, an fp32 head 0.6-1.0% (benchmarks/matmul_precision.py); `large`'s throughput did not
         show the cost (~4% of its FLOPs), `small`'s fell ~11% (docs/history/BENCHMARKS-smollm2.md, session 14). An
         int8 head is no better (its kernel takes and returns bf16): on SmolLM2-135M it alone made 4.4% of the
-        top-1 tokens differ from fp32; with int8 blocks, 5.9% against 3.2% with an fp32 head (1024 tokens)."""
+        top-1 tokens differ from fp32; with int8 blocks, 5.9% against 3.2% with an fp32 head (1024 tokens).
+        `weights` 'gguf' is the exception: the head is stored as its GGUF file stores it (Q6_K or Q8_0, into int8,
+        as llama.cpp serves it), and the held-out perplexity of that format includes it (docs/BENCHMARKS.md)."""
         fmt = resolve_weight_format(weights, matmul_dtype)
         if fmt == "gguf" and self.gguf_source is not None:
             # the loader stored every linear as the GGUF file does; the embedding table, read a row per token, is

@@ -9,11 +9,14 @@ offsets). Activations, norms, attention and the KV cache stay as they were: only
   its row's largest entry. On SmolLM2-135M (int8 blocks, fp32 head, 1024 held-out tokens): perplexity +0.16%, top-1
   token = fp32's for 96.8% of positions (bf16 matmuls: +0.11%, 99.7%).
 - int4: asymmetric, per group of 128/64/32 inputs: w ~ (q - 8) * scale + zero, q in [0, 15] (the kernel's own
-  convention: it subtracts 8). Plain round-to-nearest, no calibration: on SmolLM2-135M perplexity +35%, top-1 73%.
-  It is there for memory and speed; its quality on the 1.5B model is not measured yet.
+  convention: it subtracts 8). Plain round-to-nearest, no calibration: on SmolLM2-135M perplexity +35%, top-1 73%;
+  on Qwen2.5-Coder-1.5B +5.4%.
+- gguf: the GGUF file's own levels (models/gguf_blocks.py): its 4-bit tensors go into the int4 kernel unchanged
+  (groups of 32), its other tensors into int8; on Qwen2.5-Coder-1.5B, perplexity within 0.01% of fp32.
 
-Which formats run, and how fast against oneDNN fp32, is measured by benchmarks/weight_formats.py; `auto` follows that
-measurement (`resolve_weight_format`). The LM head stays fp32 (DecoderModel.prepack says why).
+Which formats run, and how fast against oneDNN fp32, is measured by benchmarks/weight_formats.py and
+benchmarks/single_stream.py; `auto` follows them (`resolve_weight_format`). In int8 and int4 the LM head stays fp32
+(DecoderModel.prepack says why); gguf stores it as the file does.
 """
 
 from __future__ import annotations
@@ -46,8 +49,8 @@ def resolve_weight_format(name: str, matmul_dtype: torch.dtype = torch.float32) 
     'gguf' keeps the quantisation of the GGUF file a model was converted from (models/gguf_blocks.py): its 4-bit
     tensors in int4 level for level, the rest in int8 per row, the head included; a model that did not come from a
     GGUF file has none to keep and loads in fp32 (models/loader.py). Why it is the automatic choice, measured on
-    Qwen2.5-Coder-1.5B (docs/BENCHMARKS.md): held-out perplexity within 0.1% of fp32 (the fp32 weights are the same
-    file de-quantised), 2.6x fp32's single-stream decode, and under half its memory. int8 and int4 re-quantise
+    Qwen2.5-Coder-1.5B (docs/BENCHMARKS.md): held-out perplexity +0.01% against fp32 (the fp32 weights are the same
+    file de-quantised), 2.6x fp32's single-stream decode, and `serve` peaks at 4.7 GiB against 11.6. int8 and int4 re-quantise
     whatever fp32 weights they are given by rounding (int4: +5.4% perplexity on the same model)."""
     features = cpu_features()
     if name == "auto":
