@@ -1,6 +1,7 @@
-"""Peer systems measured in the same bench run: transformers `generate` (static batches) and llama.cpp.
+"""Peer systems measured in the same bench run: transformers `generate` (static batches) and llama.cpp (one stream,
+and many sequences batched).
 
-Both serve the large model alone on the same prompts, greedy, exactly `output_tokens` new tokens each (EOS
+All serve the large model alone on the same prompts, greedy, exactly `output_tokens` new tokens each (EOS
 ignored), so their output tokens/s compare directly with the engine's saturation figure for `large`.
 """
 

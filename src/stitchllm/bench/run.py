@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from stitchllm.bench.driver import run_closed_loop, run_open_loop
-from stitchllm.bench.peers import llama_cpp_single_stream, transformers_generate
+from stitchllm.bench.peers import llama_cpp_batched, llama_cpp_single_stream, transformers_generate
 from stitchllm.bench.report import summarize
 from stitchllm.bench.workload import make_requests, poisson_arrivals
 from stitchllm.data.corpus import python_docs_text
@@ -89,10 +89,13 @@ def _peers(catalog: RouteCatalog, requests, gguf: Path | None, cfg: BenchConfig)
     dtypes = dict.fromkeys([torch.float32, resolve_matmul_dtype(cfg.matmul_dtype)])
     rows = [transformers_generate(catalog.family.large_dir, requests, cfg.peer_batch, cfg.output_tokens,
                                   cfg.saturation_duration, dtype) for dtype in dtypes]
-    if gguf is not None:
-        row = llama_cpp_single_stream(gguf, requests, cfg.output_tokens, cfg.saturation_duration,
-                                      torch.get_num_threads())
-        rows += [row] if row else []
+    if gguf is not None:  # one stream, then as many sequences batched as the engine keeps in flight
+        threads = torch.get_num_threads()
+        rows += [row for row in (
+            llama_cpp_single_stream(gguf, requests, cfg.output_tokens, cfg.saturation_duration, threads),
+            llama_cpp_batched(gguf, requests, cfg.output_tokens, cfg.concurrency, threads)) if row]
+        for row in rows:
+            row.pop("outputs", None)  # the batched peer's tokens: for its test, not the report
     return rows
 
 
