@@ -126,6 +126,16 @@ def test_a_gguf_file_that_does_not_match_the_checkpoint_is_refused(tmp_path):
         load_model(model_dir, weights="gguf")
 
 
+def test_a_gguf_file_of_another_shape_is_refused(tmp_path):
+    gguf_checkpoint(tmp_path)
+    other = tmp_path / "other"
+    save_tiny_hf_model(other, "qwen2", hidden_size=32, intermediate_size=128)
+    (other / SOURCE_MARKER).write_text(json.dumps({"gguf": str(tmp_path / "tiny.gguf"), "key": "test"}))
+    with pytest.raises(StitchError, match=r"does not hold the weights of this checkpoint \(blocks.0.qkv.weight is "
+                                          r"\(64, 32\), the file's \(128, 64\)\)"):
+        load_model(other, weights="gguf")
+
+
 def test_gguf_weights_without_a_gguf_source_load_in_fp32(tmp_path, caplog):
     save_tiny_hf_model(tmp_path, "qwen2")
     with caplog.at_level(logging.WARNING):

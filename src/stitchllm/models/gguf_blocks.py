@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stitchllm.errors import StitchError
+
 GROUP = 32  # weights per int4 group: a Q4_0 / Q4_1 block, a Q4_K sub-block
 SOURCE_MARKER = "stitchllm-source.json"  # written by loader.gguf_to_hf_dir next to the converted checkpoint
 
@@ -61,7 +63,9 @@ class GGUFWeights:
         scale and zero [N, K / 32] fp32, with w = (q - 8) * scale + zero. None if any part has another type."""
         parts = []
         for name in names:
-            tensor = self._tensors[name]
+            tensor = self._tensors.get(name)
+            if tensor is None:
+                raise StitchError(f"{self.path} has no tensor {name}: it is not the file this checkpoint came from")
             if tensor.tensor_type.name not in INT4_TYPES:
                 return None
             rows = len(tensor.data)

@@ -170,9 +170,10 @@ def load_model(
     gguf = None
     if fmt == "gguf":
         source_file = gguf_source(model_dir)
-        if source_file is None:
-            log.warning("%s did not come from a GGUF file (or it is gone): --weights %s loads it in fp32",
-                        model_dir, weights)
+        if source_file is None:  # said louder when asked for by name than when `auto` chose it
+            log.log(logging.WARNING if weights == "gguf" else logging.INFO,
+                    "%s did not come from a GGUF file (or it is gone): --weights %s loads it in fp32", model_dir,
+                    weights)
         else:
             gguf = GGUFWeights(source_file)
     config = load_config(model_dir)
@@ -205,7 +206,7 @@ def load_model(
                 linear.hold(kind(linear.weight.detach()))
             if fmt != "fp32":
                 return_freed_memory()
-    elif fmt != "fp32":
+    elif kind is not None or gguf is not None:
         raise StitchError(f"--weights {weights} needs fp32 weights on the CPU")
     load_hf_state_dict(model, hf_tensors, loaded)
     if gguf is not None:
@@ -240,6 +241,9 @@ def _from_gguf(gguf: GGUFWeights, name: str, dense: torch.Tensor, tied: bool):
     if levels is None:
         return Int8Weight(dense)
     q, scale, zero = levels
+    if q.shape != dense.shape:
+        raise StitchError(f"{gguf.path} does not hold the weights of this checkpoint ({name} is {tuple(dense.shape)}, "
+                          f"the file's {tuple(q.shape)})")
     kept = (q.float() - 8).view(*scale.shape, -1) * scale[..., None] + zero[..., None]  # [N, K/G, G] fp32
     if (kept.view(dense.shape) - dense).norm() > 1e-5 * dense.norm():  # fp32 rounding apart, they are equal
         raise StitchError(f"{gguf.path} does not hold the weights of this checkpoint ({name} differs)")

@@ -50,8 +50,10 @@ def resolve_weight_format(name: str, matmul_dtype: torch.dtype = torch.float32) 
     tensors in int4 level for level, the rest in int8 per row, the head included; a model that did not come from a
     GGUF file has none to keep and loads in fp32 (models/loader.py). Why it is the automatic choice, measured on
     Qwen2.5-Coder-1.5B (docs/BENCHMARKS.md): held-out perplexity +0.01% against fp32 (the fp32 weights are the same
-    file de-quantised), 2.6x fp32's single-stream decode, and `serve` peaks at 4.7 GiB against 11.6. int8 and int4 re-quantise
-    whatever fp32 weights they are given by rounding (int4: +5.4% perplexity on the same model)."""
+    file de-quantised), 2.6x fp32's single-stream decode, and `serve` peaks at 4.7 GiB against 11.6. Its cost: from
+    16 rows a step on, the int kernels run slower than oneDNN's fp32 and far slower than its bf16 (0.6x fp32's
+    throughput at 64 requests in flight). int8 and int4 re-quantise whatever fp32 weights they are given by
+    rounding (int4: +5.4% perplexity on the same model)."""
     features = cpu_features()
     if name == "auto":
         return "gguf" if features.int8_weights and features.int4_weights else "fp32"
