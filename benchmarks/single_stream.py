@@ -1,6 +1,7 @@
-"""Single-stream decode of the large model in each weight format against llama.cpp on the very same GGUF, in one run.
+"""Single-stream decode of a family member in each weight format against llama.cpp on the very same GGUF, in one run.
 
-    python benchmarks/single_stream.py --family qwen2.5-coder [--formats fp32,int4,gguf] [--rounds 2] [--json F]
+    python benchmarks/single_stream.py --family qwen2.5-coder [--member large|small] [--formats fp32,int4,gguf]
+        [--rounds 2] [--json F]
 
 The same 64 prompt tokens (the validation split's first) for every system, then 128 new tokens, greedy, EOS
 ignored. StitchLLM runs its block runtime with a KV cache (`stitchllm.generation.generate`, fp32 matmuls,
@@ -17,6 +18,7 @@ import gc
 import json
 import statistics
 import time
+from pathlib import Path
 
 
 def stitchllm_runs(model_dir: str, fmt: str, prompt: list[int], new_tokens: int, rounds: int) -> list[tuple]:
@@ -59,22 +61,26 @@ def main() -> None:
 
     from stitchllm.data.corpus import python_docs_text
     from stitchllm.family.registry import family_sources, large_gguf
+    from stitchllm.models.gguf_blocks import gguf_source
     from stitchllm.models.loader import load_tokenizer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--family", default="qwen2.5-coder")
+    ap.add_argument("--member", choices=("large", "small"), default="large")
     ap.add_argument("--formats", default="fp32,int4,gguf")
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--json", default="")
     args = ap.parse_args()
-    large, _ = family_sources(args.family)
-    gguf = large_gguf(large)
-    prompt = load_tokenizer(large)(python_docs_text("validation"), add_special_tokens=False)["input_ids"]
+    large, small = family_sources(args.family)
+    model_dir = large if args.member == "large" else small
+    gguf = large_gguf(large) if args.member == "large" else gguf_source(Path(small))
+    prompt = load_tokenizer(model_dir)(python_docs_text("validation"), add_special_tokens=False)["input_ids"]
     prompt = prompt[: args.prompt_tokens]
     threads = torch.get_num_threads()
-    systems = [(f"stitchllm {fmt}", lambda fmt=fmt: stitchllm_runs(large, fmt, prompt, args.new_tokens, args.rounds))
+    systems = [(f"stitchllm {fmt}", lambda fmt=fmt: stitchllm_runs(model_dir, fmt, prompt, args.new_tokens,
+                                                                    args.rounds))
                for fmt in args.formats.split(",")]
     if gguf is not None:
         systems.append(("llama.cpp Q4_K_M", lambda: llama_cpp_runs(str(gguf), prompt, args.new_tokens, args.rounds,
