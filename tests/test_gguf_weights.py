@@ -136,6 +136,14 @@ def test_a_gguf_file_of_another_shape_is_refused(tmp_path):
         load_model(other, weights="gguf")
 
 
+def test_a_broken_gguf_file_is_a_one_line_error(tmp_path):
+    save_tiny_hf_model(tmp_path, "qwen2")
+    (tmp_path / "broken.gguf").write_bytes(b"GGUF" + bytes(20))
+    (tmp_path / SOURCE_MARKER).write_text(json.dumps({"gguf": str(tmp_path / "broken.gguf"), "key": "test"}))
+    with pytest.raises(StitchError, match=r"^cannot read GGUF .*broken.gguf: [^\n]*$"):
+        load_model(tmp_path, weights="gguf")
+
+
 def test_gguf_weights_without_a_gguf_source_load_in_fp32(tmp_path, caplog):
     save_tiny_hf_model(tmp_path, "qwen2")
     with caplog.at_level(logging.WARNING):

@@ -54,7 +54,10 @@ class GGUFWeights:
         from gguf import GGUFReader
 
         self.path = path
-        reader = GGUFReader(path)
+        try:
+            reader = GGUFReader(path)
+        except (ValueError, OSError) as exc:  # truncated or not a GGUF file
+            raise StitchError(f"cannot read GGUF {path}: {exc}".splitlines()[0]) from exc
         self._tensors = {t.name: t for t in reader.tensors}
         self._row_orders = _llama_row_orders(reader)
 
