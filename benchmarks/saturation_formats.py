@@ -46,7 +46,7 @@ def main() -> None:
     from stitchllm.bench.peers import llama_cpp_batched
     from stitchllm.bench.workload import make_requests
     from stitchllm.data.corpus import python_docs_text
-    from stitchllm.family.registry import family_sources, large_gguf
+    from stitchllm.family.registry import family_sources, model_gguf
     from stitchllm.models.loader import load_tokenizer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -65,7 +65,7 @@ def main() -> None:
     rows = []
     systems = [lambda fmt=fmt: engine_run(large, small, fmt, requests, args.concurrency, args.duration,
                                           args.output_tokens) for fmt in args.formats.split(",")]
-    gguf = large_gguf(large)
+    gguf = model_gguf(large)
     if gguf is not None:
         systems.append(lambda: llama_cpp_batched(gguf, requests, args.output_tokens, args.concurrency, threads))
     for run in systems:  # each printed (and saved) as it ends

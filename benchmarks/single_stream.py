@@ -18,7 +18,6 @@ import gc
 import json
 import statistics
 import time
-from pathlib import Path
 
 
 def stitchllm_runs(model_dir: str, fmt: str, prompt: list[int], new_tokens: int, rounds: int) -> list[tuple]:
@@ -60,8 +59,7 @@ def main() -> None:
     import torch
 
     from stitchllm.data.corpus import python_docs_text
-    from stitchllm.family.registry import family_sources, large_gguf
-    from stitchllm.models.gguf_blocks import gguf_source
+    from stitchllm.family.registry import family_sources, model_gguf
     from stitchllm.models.loader import load_tokenizer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -75,7 +73,7 @@ def main() -> None:
     args = ap.parse_args()
     large, small = family_sources(args.family)
     model_dir = large if args.member == "large" else small
-    gguf = large_gguf(large) if args.member == "large" else gguf_source(Path(small))
+    gguf = model_gguf(model_dir)
     prompt = load_tokenizer(model_dir)(python_docs_text("validation"), add_special_tokens=False)["input_ids"]
     prompt = prompt[: args.prompt_tokens]
     threads = torch.get_num_threads()

@@ -597,7 +597,7 @@ def bench(
     from stitchllm.eval.text import read_text
     from stitchllm.models.linear import resolve_matmul_dtype
     from stitchllm.models.quantized import resolve_weight_format
-    from stitchllm.family.registry import large_gguf
+    from stitchllm.family.registry import model_gguf
     from stitchllm.routing.catalog import load_catalog
 
     if sweep and rates is not None:
@@ -629,7 +629,7 @@ def bench(
                       peer_batch=peer_batch, slo_ttft_ms=slo_ttft, slo_tpot_ms=slo_tpot,
                       num_requests=min(256, max(8, len(ids) // 100)), peers=peers, matmul_dtype=matmul_dtype,
                       weights=weights, workload=workload, prompt_format=prompt_format)
-    report = run_bench(catalog, stitch_dir, ids, cfg, large_gguf(model), target)
+    report = run_bench(catalog, stitch_dir, ids, cfg, model_gguf(model), target)
     if plot:
         from stitchllm.eval.plots import plot_bench
 

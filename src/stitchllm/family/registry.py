@@ -109,15 +109,14 @@ def fetch_family(name: str, progress: bool = True) -> tuple[str, str]:
     return family_sources(name)
 
 
-def large_gguf(large: str) -> Path | None:
-    """The GGUF file a large model came from, where we know it (llama.cpp runs on it as the bench's peer)."""
+def model_gguf(model: str) -> Path | None:
+    """The GGUF file a model came from, where we know it (llama.cpp runs on it as the bench's peer): the embedded
+    default's, a .gguf named directly, or the source recorded beside a converted HF directory."""
+    from stitchllm.models.gguf_blocks import gguf_source
     from stitchllm.paths import embedded_gguf_path
 
-    if large == "default":
+    if model == "default":
         return embedded_gguf_path()
-    if large.endswith(".gguf"):
-        return Path(large)
-    for family in FAMILIES.values():
-        if family.large is not None and Path(large) == family.large.hf_dir and family.large.gguf_path.is_file():
-            return family.large.gguf_path
-    return None
+    if model.endswith(".gguf"):
+        return Path(model)
+    return gguf_source(Path(model))
