@@ -199,3 +199,21 @@ def test_a_request_at_an_empty_engine_starts_the_controllers_feedback_and_demand
     engine.controller.correction = -0.3
     engine.add_request("second", prompts(1, seed=1)[0], params)  # "first" still waits: the load goes on
     assert engine.controller.correction == -0.3
+
+
+def test_auto_without_a_router_for_the_stitches_serves_large_and_a_named_route_still_serves(tiny_catalog, tmp_path,
+                                                                                            monkeypatch):
+    """Shipped stitches before `router train`: `auto` falls back to `large` (logged), it does not fail."""
+    from stitchllm.engine.build import engine_from_catalog
+
+    catalog, stitch_dir, _, _ = tiny_catalog
+    monkeypatch.setenv("STITCHLLM_HOME", str(tmp_path))  # no router trained here
+    engine = engine_from_catalog(catalog, stitch_dir, EngineConfig(max_model_len=128, policy="auto"))
+    assert engine.config.policy == "fixed:large"
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    prompt = prompts(1)[0]
+    engine.add_request("a", prompt, params)
+    engine.add_request("b", prompt, params, route="L3-S1")
+    got = run_to_completion(engine)
+    assert got["a"] == alone(catalog, "large", prompt, params)
+    assert got["b"] == alone(catalog, "L3-S1", prompt, params)

@@ -123,6 +123,25 @@ def test_generation_along_route_equals_full_scoring(tiny_stitches, tiny_parent_d
     assert logits[len(prompt) - 1 : -1].argmax(-1).tolist() == new
 
 
+def test_shipped_stitches_serve_until_the_family_has_its_own_build(tiny_stitches, tiny_parent_dir, tiny_sibling,
+                                                                    tmp_path, monkeypatch):
+    import shutil
+
+    from stitchllm.stitch import build
+
+    family, out, manifest = tiny_stitches
+    monkeypatch.setenv("STITCHLLM_HOME", str(tmp_path / "home"))  # nothing built there
+    monkeypatch.setattr(build, "SHIPPED", tmp_path / "shipped")
+    assert not load_catalog(str(tiny_parent_dir), str(tiny_sibling[0])).stitches  # nothing shipped either
+    shipped = build.SHIPPED / build.stitches_dir(family).name
+    shutil.copytree(out, shipped)
+    assert build.serving_stitches_dir(family) == shipped
+    assert {s.key for s in load_catalog(str(tiny_parent_dir), str(tiny_sibling[0])).stitches.values()} == \
+        {f"{k}-{j}" for k, j in manifest["cuts"]}
+    shutil.copytree(out, build.stitches_dir(family))  # a build of its own wins
+    assert build.serving_stitches_dir(family) == build.stitches_dir(family) != shipped
+
+
 def test_build_keeps_only_the_validation_frontier(tiny_parent_dir, tiny_sibling, tmp_path):
     # kept: better on KL and ppl than every kept route of lower or equal cost (at equal cost the better one stays)
     quality = {"small": (2.0, 50), "A": (1.5, 40), "B": (1.6, 35), "C": (1.0, 30), "D": (0.9, 29), "E": (0.8, 31),

@@ -6,6 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import needs_bf16
 
 from stitchllm.errors import StitchError
 from stitchllm.family.distill import kl_to_teacher
@@ -244,3 +245,22 @@ def test_a_cache_that_keeps_more_cuts_serves_builds_of_fewer(family, ids, tmp_pa
         train_stitches(family, {stitch.key: stitch}, ids, train, cache_root=tmp_path)
     assert len(calls) == 4  # 2 steps x 2 windows, computed once
     assert len(list(tmp_path.glob("*/*-c1.2.3-k8-*"))) == 1
+
+
+@needs_bf16
+def test_a_bf16_teacher_pass_is_a_cache_of_its_own_and_leaves_the_model_fp32(family, ids, tmp_path):
+    exact_cfg = TeacherCacheConfig(top_k=8, windows_per_shard=4)
+    exact = TeacherCache(tmp_path, "fp", ids, WINDOW, (2,), exact_cfg)
+    fast = TeacherCache(tmp_path, "fp", ids, WINDOW, (2,), replace(exact_cfg, matmul_dtype="bfloat16"))
+    assert fast.directory != exact.directory  # the two passes never mix
+    assert fast.key["matmul_dtype"] == "bfloat16" and "matmul_dtype" not in exact.key  # fp32 keys as before
+    batch = ForwardBatch([0], [0], [WINDOW])
+    before = family.large(ids[:WINDOW], batch)
+    exact.fill(family.large, 4)
+    fast.fill(family.large, 4)
+    assert torch.equal(family.large(ids[:WINDOW], batch), before)  # the model computes in fp32 again
+    for i in range(4):
+        a, b = exact.read(i), fast.read(i)
+        rel = float((a.states[2] - b.states[2]).norm() / a.states[2].norm())
+        assert 0 < rel < 2e-2, rel  # bf16 did run (not bit-equal), and tracks fp32 (bf16's ulp is 2^-8)
+        assert (a.topk_ids[:, 0] == b.topk_ids[:, 0]).float().mean() > 0.9

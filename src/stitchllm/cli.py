@@ -389,12 +389,12 @@ app.add_typer(router_app, name="router")
 
 
 def _stitch_dir(catalog, stitches):
-    """The stitch directory a command uses: the one given, else the family's cache entry."""
+    """The stitch directory a command uses: the one given, else the family's own build or its shipped stitches."""
     from pathlib import Path
 
-    from stitchllm.stitch.build import stitches_dir
+    from stitchllm.stitch.build import serving_stitches_dir
 
-    return Path(stitches) if stitches else stitches_dir(catalog.family)
+    return Path(stitches) if stitches else serving_stitches_dir(catalog.family)
 
 
 @router_app.command("train")

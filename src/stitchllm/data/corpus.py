@@ -1,4 +1,5 @@
-"""Real English text that ships with every Python install: the docstrings of the standard library.
+"""Real text that ships with every Python install: the standard library's docstrings (English prose) and its
+source files themselves (Python code).
 
 Docstrings are read from the stdlib's source files with `ast` (nothing is imported or executed), in sorted path
 order. Each file goes to one split by a hash of its relative path, so the splits are disjoint by construction:
@@ -11,6 +12,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import sysconfig
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -35,16 +37,24 @@ def _docstrings(source: str) -> list[str]:
     return [d.strip() for d in docs if d and len(d.split()) >= 8]  # skip one-liners like "Return x."
 
 
-@lru_cache(maxsize=None)
-def python_docs_text(split: str) -> str:
-    """All docstrings of the stdlib files in `split`, separated by blank lines."""
+def _sources(split: str) -> Iterator[str]:
+    """The text of every stdlib source file in `split`, in sorted path order."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}")
     root = Path(sysconfig.get_paths()["stdlib"])
-    parts: list[str] = []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
-        if SKIP_DIRS.intersection(path.relative_to(root).parts) or split_of(rel) != split:
-            continue
-        parts.extend(_docstrings(path.read_text(encoding="utf-8", errors="replace")))
-    return "\n\n".join(parts)
+        if not SKIP_DIRS.intersection(path.relative_to(root).parts) and split_of(rel) == split:
+            yield path.read_text(encoding="utf-8", errors="replace")
+
+
+@lru_cache(maxsize=None)
+def python_docs_text(split: str) -> str:
+    """All docstrings of the stdlib files in `split`, separated by blank lines."""
+    return "\n\n".join(doc for source in _sources(split) for doc in _docstrings(source))
+
+
+@lru_cache(maxsize=None)
+def python_code_text(split: str) -> str:
+    """The stdlib source files of `split` as they are (code, comments and docstrings), separated by blank lines."""
+    return "\n\n".join(source.strip() for source in _sources(split))

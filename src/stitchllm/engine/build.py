@@ -30,10 +30,16 @@ def load_router_for(catalog: RouteCatalog, stitch_dir: Path):
 
 def engine_from_catalog(catalog: RouteCatalog, stitch_dir: Path | None, config: EngineConfig) -> LLMEngine:
     """The engine for `config`; `auto` on a family without stitches (nothing to route between but the two whole
-    models, and no router trained for it) serves every unpinned request on `large` and says so."""
+    models, and no router trained for it), or with stitches but no router yet (the shipped stitches of the
+    default family, before `router train`), serves every unpinned request on `large` and says so."""
     if config.policy == "auto" and not catalog.stitches:
         log.warning("no stitched route for this family (none built, or none kept by `stitchllm stitch build`): "
                     "policy auto serves every request on `large`; name `small` as the model to use the small one")
+        config = replace(config, policy="fixed:large")
+    no_router = stitch_dir is not None and not (router_dir_for(stitch_dir) / "router.json").is_file()
+    if config.policy == "auto" and no_router:
+        log.warning("no router trained for these stitches: policy auto serves every request on `large` (run "
+                    "`stitchllm router train`); name a route as the model to use it")
         config = replace(config, policy="fixed:large")
     router, thresholds = None, None
     if config.policy in ("auto", "router", "whole-model") and stitch_dir is not None:
@@ -44,10 +50,10 @@ def engine_from_catalog(catalog: RouteCatalog, stitch_dir: Path | None, config: 
 
 def build_engine(config: EngineConfig, model: str, small: str | None = None,
                  stitches: str | None = None) -> LLMEngine:
-    from stitchllm.stitch.build import stitches_dir
+    from stitchllm.stitch.build import serving_stitches_dir
 
     # quantised weights are made as the checkpoint streams in (models/loader.py): the fp32 model is never whole
     fmt = resolve_weight_format(config.weights, resolve_matmul_dtype(config.matmul_dtype))
     catalog = load_catalog(model, small, stitches, weights=fmt)
-    stitch_dir = Path(stitches) if stitches else stitches_dir(catalog.family)
+    stitch_dir = Path(stitches) if stitches else serving_stitches_dir(catalog.family)
     return engine_from_catalog(catalog, stitch_dir if catalog.stitches else None, config)

@@ -8,6 +8,7 @@ present tokens run as one packed batch, so blocks shared by several routes run o
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,7 @@ from stitchllm.routing.catalog import RouteCatalog
 from stitchllm.routing.features import pool_features
 from stitchllm.routing.router_model import RouterMLP
 from stitchllm.sampling import sample
+from stitchllm.stitch.adapters import BlockAdapters, adapted
 
 
 @dataclass
@@ -31,6 +33,7 @@ class _Climb:
     first: int
     end: int
     hidden: torch.Tensor
+    adapters: BlockAdapters | None = None  # the route's own updates of the blocks it climbs (stitch/adapters.py)
 
 
 def _ladder(model: DecoderModel, cache: KVCache, model_name: str, climbs: list[_Climb]) -> int:
@@ -44,7 +47,10 @@ def _ladder(model: DecoderModel, cache: KVCache, model_name: str, climbs: list[_
             continue
         batch = ForwardBatch([c.item.slots[model_name] for c in members], [c.item.start for c in members],
                              [len(c.item.token_ids) for c in members])
-        hidden = model.run_blocks(torch.cat([c.hidden for c in members]), batch, cache, lo, hi)
+        offsets = [0, *itertools.accumulate(batch.lengths)]
+        spans = [(slice(offsets[i], offsets[i + 1]), c.adapters) for i, c in enumerate(members) if c.adapters]
+        with adapted(model, spans):
+            hidden = model.run_blocks(torch.cat([c.hidden for c in members]), batch, cache, lo, hi)
         for c, h in zip(members, hidden.split(batch.lengths)):
             c.hidden = h
         blocks_run += hi - lo
@@ -103,8 +109,8 @@ class ModelRunner:
                     feats = pool_features(states, [len(states)])
                     out.predicted_loss[it.request_id] = self.router(feats)[0].tolist()
             elif it.route != "large":
-                cut, entry = self.catalog.route(it.route).stitches[0]
-                s = _Climb(it, entry, small.config.num_layers, self.catalog.executor.stitch(cut, entry)(c.hidden))
+                stitch = self.catalog.executor.stitch(*self.catalog.route(it.route).stitches[0])
+                s = _Climb(it, stitch.entry, small.config.num_layers, stitch(c.hidden), stitch.adapters)
                 s_climbs.append(s)
                 finals.append((it, "small", s))
         out.params_read += _ladder(small, self.caches.get("small"), "small", s_climbs)

@@ -36,3 +36,12 @@ def token_windows(text: str, tokenizer, window: int = 512, max_tokens: int | Non
     if not windows:
         raise StitchError("text is too short to score (needs at least 2 tokens)")
     return windows
+
+
+def interleave_windows(first: torch.Tensor, second: torch.Tensor, window: int) -> torch.Tensor:
+    """Windows of `window` ids from `first` [n1] and `second` [n2] in turn, then the rest of the longer stream:
+    [m] ids. A model trained on the result sees both kinds of text from its first steps."""
+    a = first[: len(first) // window * window].view(-1, window)  # [n_a, window]
+    b = second[: len(second) // window * window].view(-1, window)  # [n_b, window]
+    both = min(len(a), len(b))
+    return torch.cat([torch.stack([a[:both], b[:both]], 1).reshape(-1), a[both:].reshape(-1), b[both:].reshape(-1)])

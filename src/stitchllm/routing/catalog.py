@@ -73,11 +73,11 @@ def load_catalog(large: str = "default", small: str | None = None, stitches: str
                  which: str = "trained", require_stitches: bool = False, weights: str = "fp32") -> RouteCatalog:
     """Load the family (block weights stored as `weights`) and, when built, its stitches (from `stitches` or the
     family's cache directory)."""
-    from stitchllm.stitch.build import stitches_dir
+    from stitchllm.stitch.build import serving_stitches_dir
     from stitchllm.stitch.store import MANIFEST, load_stitches
 
     family = load_family(large, small, weights)
-    directory = Path(stitches) if stitches else stitches_dir(family)
+    directory = Path(stitches) if stitches else serving_stitches_dir(family)
     if not ((directory / MANIFEST).is_file() or require_stitches or stitches):
         return build_catalog(family, {})
     return build_catalog(family, load_stitches(family, directory, which))

@@ -10,6 +10,7 @@ from stitchllm.eval.perplexity import FullLogitsFn
 from stitchllm.models.batch import ForwardBatch
 from stitchllm.models.kv_cache import KVCache
 from stitchllm.routing.route import Route
+from stitchllm.stitch.adapters import adapted
 from stitchllm.stitch.layer import StitchLayer, stitch_key
 
 
@@ -30,10 +31,13 @@ class RouteExecutor:
         first = route.segments[0]
         hidden = self.family.model(first.model).embed(ids)
         for i, (seg, cache) in enumerate(zip(route.segments, caches)):
-            if i > 0:
-                prev = route.segments[i - 1]
-                hidden = self.stitch(prev.end, seg.first)(hidden)
-            hidden = self.family.model(seg.model).run_blocks(hidden, batch, cache, seg.first, seg.end)
+            model = self.family.model(seg.model)
+            if i == 0:
+                hidden = model.run_blocks(hidden, batch, cache, seg.first, seg.end)
+                continue
+            stitch = self.stitch(route.segments[i - 1].end, seg.first)
+            with adapted(model, [(slice(None), stitch.adapters)] if stitch.adapters else []):
+                hidden = model.run_blocks(stitch(hidden), batch, cache, seg.first, seg.end)
         return hidden
 
     def large_pass(self, ids: torch.Tensor, batch: ForwardBatch, keep: set[int]) -> dict[int, torch.Tensor]:
@@ -48,8 +52,9 @@ class RouteExecutor:
             if route.head_model == "large":
                 return states[self.family.large.config.num_layers]
             return self.hidden(route, ids, batch)
-        (cut, entry), = route.stitches
-        return self.family.small.run_blocks(self.stitch(cut, entry)(states[cut]), batch, None, entry)
+        stitch = self.stitch(*route.stitches[0])
+        with adapted(self.family.small, [(slice(None), stitch.adapters)] if stitch.adapters else []):
+            return self.family.small.run_blocks(stitch(states[stitch.cut]), batch, None, stitch.entry)
 
     def logits(self, route: Route, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [..., d] -> logits [..., V] with the route's final norm and head."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -10,14 +11,16 @@ from pathlib import Path
 
 import torch
 
-from stitchllm.data.corpus import python_docs_text
+from stitchllm.data.corpus import python_code_text, python_docs_text
 from stitchllm.eval.quality import evaluate_routes
-from stitchllm.eval.text import token_windows
+from stitchllm.eval.text import interleave_windows, token_windows
+from stitchllm.errors import StitchError
 from stitchllm.family.family import Family
 from stitchllm.models.linear import dtype_name, resolve_matmul_dtype
 from stitchllm.paths import stitchllm_home
 from stitchllm.routing.executor import RouteExecutor
 from stitchllm.routing.route import enumerate_routes, large_route, small_route, stitched_route
+from stitchllm.stitch.adapters import BlockAdapters
 from stitchllm.stitch.frontier import dominated
 from stitchllm.stitch.init import pair_fits
 from stitchllm.stitch.layer import StitchLayer, stitch_key
@@ -26,6 +29,9 @@ from stitchllm.stitch.teacher_cache import TeacherCache, teacher_cache_root
 from stitchllm.stitch.train import StitchTrainConfig, train_stitches
 
 CALIBRATION_WINDOW = 512  # tokens per window of the least-squares calibration passes
+STORE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+TEXT_NAMES = {"docs": "python stdlib docstrings, train split",
+              "docs+code": "python stdlib docstrings and source code, train split, window by window in turn"}
 
 
 @dataclass(frozen=True)
@@ -35,28 +41,68 @@ class StitchBuildConfig:
     cuts: tuple[int, ...] | None = None  # None: the defaults of `enumerate_routes`
     pairs: tuple[tuple[int, int], ...] | None = None  # explicit (cut, entry) candidates instead of `cuts`
     stitch_mlp: int = 0  # hidden width of each stitch's residual MLP (stitch/layer.py); 0: affine only
+    adapter_rank: int = 0  # rank of each route's own updates of the small blocks it runs (stitch/adapters.py)
     block_map: bool = True  # a sibling derived from the large model: also its block-map routes (`entry_after`)
     screen: bool = True  # keep only the candidates on the validation quality/cost frontier
+    text: str = "docs"  # training text from the stdlib's train split: "docs" (docstrings) or "docs+code" (its
+    # docstrings and its source code, window by window in turn: see `training_ids`)
     calibration_tokens: int = 16384
     validation_tokens: int = 4096
     ridge: float = 1e-3
     identity_start: bool = True  # equal widths: also try the identity as a stitch's start, beside least squares
+    store_dtype: str = "float32"  # how the stitch files keep weights: "bfloat16" halves them (what a repository
+    # can ship); every start and trained stitch is rounded to it before it is validated, so the manifest's metrics
+    # are those of the files
     train: StitchTrainConfig = field(default_factory=StitchTrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.text not in TEXT_NAMES:
+            raise StitchError(f"unknown stitch training text {self.text!r}: use {' or '.join(TEXT_NAMES)}")
+        if self.store_dtype not in STORE_DTYPES:
+            raise StitchError(f"unknown stitch store dtype {self.store_dtype!r}: use {' or '.join(STORE_DTYPES)}")
 
     def fingerprint(self) -> str:
         recipe = asdict(self)
         if recipe["train"]["teacher_cache"] is None:  # builds from before the teacher cache keep their fingerprint
             del recipe["train"]["teacher_cache"]
-        for fields, name, default in ((recipe, "pairs", None), (recipe, "stitch_mlp", 0),
+        elif recipe["train"]["teacher_cache"]["matmul_dtype"] == "float32":  # and from before its bf16 pass
+            del recipe["train"]["teacher_cache"]["matmul_dtype"]
+        for fields, name, default in ((recipe, "pairs", None), (recipe, "stitch_mlp", 0), (recipe, "adapter_rank", 0),
+                                      (recipe, "text", "docs"), (recipe, "store_dtype", "float32"),
                                       (recipe["train"], "precondition", False)):  # and from before these fields
             if fields[name] == default:
                 del fields[name]
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def stitches_dir(family: Family) -> Path:
+SHIPPED = Path(__file__).resolve().parents[1] / "shipped"  # stitches that ship with the package, by family
+
+
+def _family_name(family: Family) -> str:
     fp = family.fingerprint()
-    return stitchllm_home() / "stitches" / f"{fp['large']}-{fp['small']}"
+    return f"{fp['large']}-{fp['small']}"
+
+
+def stitches_dir(family: Family) -> Path:
+    """Where `stitch build` writes (and finds) this family's stitches."""
+    return stitchllm_home() / "stitches" / _family_name(family)
+
+
+def serving_stitches_dir(family: Family) -> Path:
+    """The stitches a family serves with: its own build where there is one, else those shipped in the package for
+    exactly these two models (the default family's: `make run` then trains nothing), else the build's place."""
+    built, shipped = stitches_dir(family), SHIPPED / _family_name(family)
+    return shipped if not (built / MANIFEST).is_file() and (shipped / MANIFEST).is_file() else built
+
+
+@torch.no_grad()
+def _round(stitches: dict[str, StitchLayer], dtype: str) -> None:
+    """Round every stitch's weights to `dtype` in place (they stay fp32 tensors): what its files will hold."""
+    if dtype != "float32":
+        for stitch in stitches.values():
+            for p in stitch.parameters():
+                p.copy_(p.to(STORE_DTYPES[dtype]))
+            stitch.pack()
 
 
 def _validate(family: Family, stitches: dict[str, StitchLayer], routes, windows) -> dict[str, dict]:
@@ -69,6 +115,7 @@ def identity_stitch(like: StitchLayer) -> StitchLayer:
     """The stitch that hands the large model's residual stream on unchanged (equal widths)."""
     layer = StitchLayer(like.proj.in_features, like.proj.out_features, like.cut, like.entry)
     layer.set_affine(torch.eye(like.proj.out_features), torch.zeros(like.proj.out_features))
+    layer.adapters = copy.deepcopy(like.adapters)  # a start of its own: the two starts train apart
     return layer
 
 
@@ -85,6 +132,17 @@ def best_start(starts: dict[str, dict[str, StitchLayer]], metrics: dict[str, dic
         stitches[key] = starts[name][key]
         start_of[route.name], chosen[route.name] = name, metrics[name][route.name]
     return stitches, start_of, chosen
+
+
+def training_ids(family: Family, cfg: StitchBuildConfig) -> torch.Tensor:
+    """The train split's token stream [n] the starts are fitted on and the stitches trained on."""
+    def tokens(text: str) -> torch.Tensor:
+        return torch.tensor(family.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    docs = tokens(python_docs_text("train"))
+    if cfg.text == "docs":
+        return docs
+    return interleave_windows(docs, tokens(python_code_text("train")), cfg.train.seq_len)
 
 
 def calibration_fits(family: Family, cfg: StitchBuildConfig, ids: torch.Tensor, pairs: list[tuple[int, int]]):
@@ -134,7 +192,7 @@ def build_stitches(family: Family, cfg: StitchBuildConfig, out: Path) -> dict:
     else:
         routes = enumerate_routes(configs, list(cfg.cuts) if cfg.cuts else None, block_map)  # small ... large
     pairs = [r.stitches[0] for r in routes if r.stitches]
-    ids = torch.tensor(family.tokenizer(python_docs_text("train"), add_special_tokens=False)["input_ids"])
+    ids = training_ids(family, cfg)
     val_windows = token_windows(python_docs_text("validation"), family.tokenizer, 512, cfg.validation_tokens)
 
     least_squares = {}
@@ -142,18 +200,24 @@ def build_stitches(family: Family, cfg: StitchBuildConfig, out: Path) -> dict:
         layer = StitchLayer(family.large.config.hidden_size, family.small.config.hidden_size, cut, entry,
                             cfg.stitch_mlp)
         layer.set_affine(*fit.solve(cfg.ridge))
+        if cfg.adapter_rank:
+            layer.adapters = BlockAdapters(family.small, entry, cfg.adapter_rank, seed=cfg.train.seed)
         least_squares[layer.key] = layer
     starts = {"least-squares": least_squares}
     if cfg.identity_start and family.large.config.hidden_size == family.small.config.hidden_size:
         starts["identity"] = {key: identity_stitch(s) for key, s in least_squares.items()}
+    for start in starts.values():
+        _round(start, cfg.store_dtype)
     metrics_starts = {name: _validate(family, s, routes, val_windows) for name, s in starts.items()}
     stitches, start_of, metrics_init = best_start(starts, metrics_starts, routes)
-    save_stitches(stitches, out, "init.safetensors")  # every candidate; the manifest names the ones kept
+    # every candidate; the manifest names the ones kept
+    save_stitches(stitches, out, "init.safetensors", STORE_DTYPES[cfg.store_dtype])
     before = {key: s.tensors() for key, s in stitches.items()}
     # with a teacher cache the start's windows are trained on too (they are the train split, and cost no pass
     # then); without, training begins after them, as before the cache
     train_kl = train_stitches(family, stitches, ids if cfg.train.teacher_cache else ids[cfg.calibration_tokens:],
                               cfg.train)
+    _round(stitches, cfg.store_dtype)
     metrics_trained = _validate(family, stitches, routes, val_windows)
     untrained = set()  # training that made a route worse on validation is undone: its start is kept
     for route in routes:
@@ -166,7 +230,8 @@ def build_stitches(family: Family, cfg: StitchBuildConfig, out: Path) -> dict:
     costs = {r.name: r.flops_per_token(configs) for r in routes}
     dropped = dominated(metrics_trained, costs) if cfg.screen else set()
     pairs = [r.stitches[0] for r in routes if r.stitches and r.name not in dropped]
-    save_stitches({key: s for key, s in stitches.items() if (s.cut, s.entry) in pairs}, out, "trained.safetensors")
+    save_stitches({key: s for key, s in stitches.items() if (s.cut, s.entry) in pairs}, out, "trained.safetensors",
+                  STORE_DTYPES[cfg.store_dtype])
 
     manifest = {
         "family": family.fingerprint(),
@@ -174,7 +239,7 @@ def build_stitches(family: Family, cfg: StitchBuildConfig, out: Path) -> dict:
         "recipe": asdict(cfg),
         "cuts": [list(p) for p in pairs],
         "files": {"init": "init.safetensors", "trained": "trained.safetensors"},
-        "training": {"text": "python stdlib docstrings, train split", "steps": cfg.train.steps,
+        "training": {"text": TEXT_NAMES[cfg.text], "steps": cfg.train.steps,
                      "tokens": cfg.train.steps * cfg.train.batch * cfg.train.seq_len,
                      "calibration_tokens": cfg.calibration_tokens, "final_train_kl": train_kl,
                      "matmul_dtype": dtype_name(resolve_matmul_dtype(cfg.train.matmul_dtype))},

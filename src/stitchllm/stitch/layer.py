@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stitchllm.models.linear import Linear
+from stitchllm.stitch.adapters import BlockAdapters
 
 
 def stitch_key(cut: int, entry: int) -> str:
@@ -27,6 +28,8 @@ class StitchLayer(nn.Module):
     def __init__(self, d_large: int, d_small: int, cut: int, entry: int, mlp: int = 0):
         super().__init__()
         self.cut, self.entry = cut, entry
+        self.adapters: BlockAdapters | None = None  # the route's own low-rank updates of the small blocks it runs
+        # (stitch/adapters.py); trained, saved and loaded with the stitch
         self.proj = Linear(d_large, d_small, bias=True)
         self.down = Linear(d_large, mlp, bias=True) if mlp else None
         self.up = Linear(mlp, d_small, bias=False) if mlp else None
@@ -74,12 +77,18 @@ class StitchLayer(nn.Module):
         if self.down is not None:
             out |= {"mlp.down.weight": self.down.weight, "mlp.down.bias": self.down.bias,
                     "mlp.up.weight": self.up.weight}
-        return {name: t.detach().clone() for name, t in out.items()}
+        out = {name: t.detach().clone() for name, t in out.items()}
+        if self.adapters is not None:
+            out |= {f"adapter.{name}": t for name, t in self.adapters.tensors().items()}
+        return out
 
     @torch.no_grad()
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        """The inverse of `tensors`."""
+        """The inverse of `tensors` (adapters: into the ones this stitch has)."""
         self.set_affine(tensors["weight"], tensors["bias"])
+        if self.adapters is not None:
+            self.adapters.blocks.load_state_dict({n.removeprefix("adapter."): t for n, t in tensors.items()
+                                                  if n.startswith("adapter.")})
         if self.down is not None:
             self.down.weight.copy_(tensors["mlp.down.weight"])
             self.down.bias.copy_(tensors["mlp.down.bias"])

@@ -35,6 +35,7 @@ from stitchllm.errors import StitchError
 from stitchllm.eval.quality import HEAD_CHUNK
 from stitchllm.models.batch import ForwardBatch
 from stitchllm.models.decoder import DecoderModel
+from stitchllm.models.linear import computing_in, dtype_name, resolve_matmul_dtype
 from stitchllm.paths import stitchllm_home
 from stitchllm.stitch.sparse_kl import teacher_topk
 
@@ -55,6 +56,9 @@ class TeacherCacheConfig:
     # channels far above the rest, fp16 ends at 65,504); fp16 has 3 more mantissa bits. Stitches train under bf16
     # autocast where the CPU has it, which rounds their input to bf16 anyway
     windows_per_shard: int = 8
+    matmul_dtype: str = "float32"  # the large model's matmuls in the pass; auto: bf16 where the CPU has native bf16
+    # dot products (~4x faster on 2 AMX cores; KL(fp32 pass || bf16 pass) ~3e-4 on Qwen2.5-Coder-1.5B, 0.2% of
+    # argmaxes differ: docs/STITCHING.md). The key records the dtype it resolved to, so the two never mix
     cuts: tuple[int, ...] | None = None  # the cuts whose streams are kept (None: those of the stitches trained). A
     # superset lets builds with other cuts share one teacher pass: the pass costs the same whatever it keeps
 
@@ -102,11 +106,16 @@ class TeacherCache:
             raise StitchError(f"teacher cache: {len(ids)} tokens make no window of {window}")
         self.window_ids = ids[: n * window].reshape(n, window)  # [N, T]; a remainder shorter than a window is left out
         self.window, self.cuts, self.cfg = window, tuple(sorted(set(cuts))), cfg
+        self.matmul_dtype = resolve_matmul_dtype(cfg.matmul_dtype)
         text = hashlib.sha256(self.window_ids.to(torch.int64).numpy().tobytes()).hexdigest()[:16]
         self.key = {"model": model_fingerprint, "text": text, "windows": n, "window": window, "cuts": list(self.cuts),
                     "top_k": cfg.top_k, "state_dtype": cfg.state_dtype}
         cuts_name = ".".join(map(str, self.cuts))
-        self.directory = root / model_fingerprint / f"{text}-w{window}-c{cuts_name}-k{cfg.top_k}-{cfg.state_dtype}"
+        name = f"{text}-w{window}-c{cuts_name}-k{cfg.top_k}-{cfg.state_dtype}"
+        if self.matmul_dtype != torch.float32:  # fp32 passes keep the names they were made under
+            self.key["matmul_dtype"] = dtype_name(self.matmul_dtype)
+            name += f"-mm.{dtype_name(self.matmul_dtype)}"
+        self.directory = root / model_fingerprint / name
 
     @property
     def num_windows(self) -> int:
@@ -130,7 +139,8 @@ class TeacherCache:
         todo = self.missing(num_windows)
         self.directory.mkdir(parents=True, exist_ok=True)
         tokens = sum(len(self.shard_windows(s)) for s in todo) * self.window
-        with tqdm(total=tokens, desc="teacher cache", unit="tok", unit_scale=True, disable=not todo) as bar:
+        with (tqdm(total=tokens, desc="teacher cache", unit="tok", unit_scale=True, disable=not todo) as bar,
+              computing_in(model, self.matmul_dtype if todo else torch.float32)):
             for shard in todo:
                 parts = []
                 for i in self.shard_windows(shard):

@@ -22,6 +22,7 @@ from stitchllm.family.distill import kl_to_teacher
 from stitchllm.family.family import Family
 from stitchllm.models.batch import ForwardBatch
 from stitchllm.models.linear import resolve_matmul_dtype, training_autocast
+from stitchllm.stitch.adapters import adapted
 from stitchllm.stitch.layer import StitchLayer
 from stitchllm.stitch.sparse_kl import topk_kl
 from stitchllm.stitch.teacher_cache import CachedWindow, TeacherCache, TeacherCacheConfig, teacher_cache_root
@@ -86,10 +87,11 @@ def cached_teacher(family: Family, ids: torch.Tensor, cfg: StitchTrainConfig, cu
 
 
 def train_stitches(family: Family, stitches: dict[str, StitchLayer], ids: torch.Tensor, cfg: StitchTrainConfig,
-                   cache_root: Path | None = None) -> dict:
+                   cache_root: Path | None = None, after_step: Callable[[int], None] | None = None) -> dict:
     """Train every stitch in place on the id stream; returns the mean training loss per stitch over the last steps
     (the full KL with a live teacher, the top-K + tail KL with a cached one). `cache_root`: where the teacher cache
-    lives (default: <stitchllm home>/teacher)."""
+    lives (default: <stitchllm home>/teacher); `after_step(n)` is called after the n-th step (1-based), with the
+    stitches in their training form (for measuring them along the way)."""
     dtype = resolve_matmul_dtype(cfg.matmul_dtype)
     cuts = {s.cut for s in stitches.values()}
     if cfg.teacher_cache is None:
@@ -111,7 +113,7 @@ def train_stitches(family: Family, stitches: dict[str, StitchLayer], ids: torch.
             group["lr"] = cfg.lr_at(step)
         optim.zero_grad(set_to_none=True)
         for key, stitch in stitches.items():
-            with training_autocast(dtype):
+            with training_autocast(dtype), adapted(small, [(slice(None), stitch.adapters)] if stitch.adapters else []):
                 h = small.run_blocks(stitch(states[stitch.cut]), batch, None, stitch.entry)
                 logits = small.head(small.norm(h)).float()  # [T, V]
             loss = loss_of(logits)
@@ -123,6 +125,8 @@ def train_stitches(family: Family, stitches: dict[str, StitchLayer], ids: torch.
             loss.backward()  # one graph per stitch: memory stays that of a single route
             history[key].append(float(loss.detach()))
         optim.step()
+        if after_step is not None:
+            after_step(step + 1)
         del states, loss_of  # the step's teacher (a [T, V] tensor, live) goes before the next one is made
     for s in stitches.values():
         s.requires_grad_(False)
