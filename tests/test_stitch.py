@@ -134,10 +134,14 @@ def test_shipped_stitches_serve_until_the_family_has_its_own_build(tiny_stitches
     monkeypatch.setattr(build, "SHIPPED", tmp_path / "shipped")
     assert not load_catalog(str(tiny_parent_dir), str(tiny_sibling[0])).stitches  # nothing shipped either
     shipped = build.SHIPPED / build.stitches_dir(family).name
-    shutil.copytree(out, shipped)
+    shipped.mkdir(parents=True)
+    for name in ("manifest.json", "trained.safetensors"):  # what ships: not the starts
+        shutil.copy2(out / name, shipped / name)
     assert build.serving_stitches_dir(family) == shipped
     assert {s.key for s in load_catalog(str(tiny_parent_dir), str(tiny_sibling[0])).stitches.values()} == \
         {f"{k}-{j}" for k, j in manifest["cuts"]}
+    with pytest.raises(StitchError, match="no init stitches at .*missing init.safetensors"):
+        load_catalog(str(tiny_parent_dir), str(tiny_sibling[0]), which="init")
     shutil.copytree(out, build.stitches_dir(family))  # a build of its own wins
     assert build.serving_stitches_dir(family) == build.stitches_dir(family) != shipped
 

@@ -164,7 +164,7 @@ def pack_linears(module: nn.Module, matmul_dtype: torch.dtype = torch.float32,
 def computing_in(module: nn.Module, dtype: torch.dtype) -> Iterator[None]:
     """Within the block, every fp32-packed Linear of `module` computes in `dtype` (a second packing of its weight,
     made on entry and dropped on exit: memory holds both meanwhile); quantised and unpacked linears stay as they
-    are. Why: a pass that reads many tokens once (the stitch build's teacher pass) runs ~4x faster in bf16 on
+    are. Why: a pass that reads many tokens once (the stitch build's teacher pass) runs 3.4x faster in bf16 on
     CPUs with native bf16 dot products, while the model keeps its exact fp32 form for everything else."""
     swapped = []
     if dtype != torch.float32:

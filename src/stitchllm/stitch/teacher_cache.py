@@ -57,7 +57,7 @@ class TeacherCacheConfig:
     # autocast where the CPU has it, which rounds their input to bf16 anyway
     windows_per_shard: int = 8
     matmul_dtype: str = "float32"  # the large model's matmuls in the pass; auto: bf16 where the CPU has native bf16
-    # dot products (~4x faster on 2 AMX cores; KL(fp32 pass || bf16 pass) ~3e-4 on Qwen2.5-Coder-1.5B, 0.2% of
+    # dot products (3.4x faster on 2 AMX cores; KL(fp32 pass || bf16 pass) 3e-4 on Qwen2.5-Coder-1.5B, 0.6% of
     # argmaxes differ: docs/STITCHING.md). The key records the dtype it resolved to, so the two never mix
     cuts: tuple[int, ...] | None = None  # the cuts whose streams are kept (None: those of the stitches trained). A
     # superset lets builds with other cuts share one teacher pass: the pass costs the same whatever it keeps
