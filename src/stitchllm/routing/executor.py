@@ -36,7 +36,7 @@ class RouteExecutor:
                 hidden = model.run_blocks(hidden, batch, cache, seg.first, seg.end)
                 continue
             stitch = self.stitch(route.segments[i - 1].end, seg.first)
-            with adapted(model, [(slice(None), stitch.adapters)] if stitch.adapters else []):
+            with adapted(model, [(slice(None), stitch.adapters)]):
                 hidden = model.run_blocks(stitch(hidden), batch, cache, seg.first, seg.end)
         return hidden
 
@@ -53,7 +53,7 @@ class RouteExecutor:
                 return states[self.family.large.config.num_layers]
             return self.hidden(route, ids, batch)
         stitch = self.stitch(*route.stitches[0])
-        with adapted(self.family.small, [(slice(None), stitch.adapters)] if stitch.adapters else []):
+        with adapted(self.family.small, [(slice(None), stitch.adapters)]):
             return self.family.small.run_blocks(stitch(states[stitch.cut]), batch, None, stitch.entry)
 
     def logits(self, route: Route, hidden: torch.Tensor) -> torch.Tensor:

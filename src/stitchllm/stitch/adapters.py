@@ -69,12 +69,12 @@ class BlockAdapters(nn.Module):
 
 
 @contextmanager
-def adapted(model: DecoderModel, spans: list[tuple[slice, BlockAdapters]]) -> Iterator[None]:
+def adapted(model: DecoderModel, spans: list[tuple[slice, BlockAdapters | None]]) -> Iterator[None]:
     """Within the block, each adapter's updates apply to its rows (a slice of the packed batch's tokens) in every
-    block it covers; other rows run the shared weights alone."""
+    block it covers; other rows, and rows whose route has none (None), run the shared weights alone."""
     touched = []
     for rows, adapters in spans:
-        for block, name, delta in adapters.deltas():
+        for block, name, delta in adapters.deltas() if adapters is not None else ():
             linear = getattr(model.blocks[block], name)
             linear.deltas = linear.deltas + ((rows, delta),)
             touched.append(linear)

@@ -113,7 +113,7 @@ def train_stitches(family: Family, stitches: dict[str, StitchLayer], ids: torch.
             group["lr"] = cfg.lr_at(step)
         optim.zero_grad(set_to_none=True)
         for key, stitch in stitches.items():
-            with training_autocast(dtype), adapted(small, [(slice(None), stitch.adapters)] if stitch.adapters else []):
+            with training_autocast(dtype), adapted(small, [(slice(None), stitch.adapters)]):
                 h = small.run_blocks(stitch(states[stitch.cut]), batch, None, stitch.entry)
                 logits = small.head(small.norm(h)).float()  # [T, V]
             loss = loss_of(logits)
