@@ -47,8 +47,10 @@ def _ladder(model: DecoderModel, cache: KVCache, model_name: str, climbs: list[_
             continue
         batch = ForwardBatch([c.item.slots[model_name] for c in members], [c.item.start for c in members],
                              [len(c.item.token_ids) for c in members])
-        offsets = [0, *itertools.accumulate(batch.lengths)]
-        spans = [(slice(offsets[i], offsets[i + 1]), c.adapters) for i, c in enumerate(members)]
+        spans = []
+        if any(c.adapters for c in members):  # most steps: no route with adapters, nothing to set per row
+            offsets = [0, *itertools.accumulate(batch.lengths)]
+            spans = [(slice(offsets[i], offsets[i + 1]), c.adapters) for i, c in enumerate(members)]
         with adapted(model, spans):
             hidden = model.run_blocks(torch.cat([c.hidden for c in members]), batch, cache, lo, hi)
         for c, h in zip(members, hidden.split(batch.lengths)):

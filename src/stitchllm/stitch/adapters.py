@@ -59,13 +59,11 @@ class BlockAdapters(nn.Module):
         return {name: t.detach().clone() for name, t in self.blocks.state_dict().items()}
 
     @staticmethod
-    def from_tensors(small: DecoderModel, tensors: dict[str, torch.Tensor]) -> BlockAdapters:
-        """The inverse of `tensors`, for the small model they were trained on."""
+    def shaped_for(small: DecoderModel, tensors: dict[str, torch.Tensor]) -> BlockAdapters:
+        """Adapters of the blocks and rank that `tensors` (as `tensors()` names them) hold, for the small model
+        they were trained on; StitchLayer.load_tensors then fills them."""
         first = min(int(name.split(".")[0]) for name in tensors)
-        rank = tensors[f"{first}.{LINEARS[0]}.a"].shape[0]
-        adapters = BlockAdapters(small, first, rank)
-        adapters.blocks.load_state_dict(tensors)
-        return adapters
+        return BlockAdapters(small, first, rank=tensors[f"{first}.{LINEARS[0]}.a"].shape[0])
 
 
 @contextmanager

@@ -58,7 +58,7 @@ def load_stitches(family: Family, directory: Path, which: str = "trained") -> di
         layer = StitchLayer(d_large, d_small, cut, entry, mlp)
         adapter = {n.removeprefix("adapter."): t for n, t in own.items() if n.startswith("adapter.")}
         if adapter:
-            layer.adapters = BlockAdapters.from_tensors(family.small, adapter)
+            layer.adapters = BlockAdapters.shaped_for(family.small, adapter)
         layer.load_tensors(own)
         stitches[layer.key] = layer.eval().requires_grad_(False)
     return stitches
