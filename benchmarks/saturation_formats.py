@@ -7,7 +7,8 @@ Each format loads the family afresh and keeps the engine (policy `large`, contin
 requests in flight for `duration` seconds: `stitchllm bench`'s closed loop, 64-token prompts of the held-out text,
 64 new tokens each, EOS ignored. `fp32` is the fp32 path (fp32 weights and matmuls), `bf16` the same weights packed
 for bf16 matmuls (`--matmul-dtype bfloat16`, where the CPU has it), `gguf` / `int8` / `int4` the weight formats
-with fp32 matmuls for what stays dense. Then llama.cpp (the `peers` extra) on the family's Q4_K_M GGUF with as many
+with fp32 matmuls for what stays dense (`gguf-aten`: `gguf` on PyTorch's int4/int8 kernels instead of the integer
+dot-product kernel, models/int_dot.py). Then llama.cpp (the `peers` extra) on the family's Q4_K_M GGUF with as many
 threads as PyTorch uses: `concurrency` sequences decoded together through its batched API, as a static batch.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import time
 
 
@@ -23,9 +25,12 @@ def engine_run(large: str, small: str, fmt: str, requests, concurrency: int, dur
     from stitchllm.bench.driver import run_closed_loop
     from stitchllm.engine.build import engine_from_catalog
     from stitchllm.engine.config import EngineConfig
+    from stitchllm.models import int_dot
     from stitchllm.routing.catalog import load_catalog
 
-    weights, matmul = ("fp32", "bfloat16") if fmt == "bf16" else (fmt, "float32")
+    int_dot.int_dot_available.cache_clear()
+    os.environ[int_dot.DISABLE_ENV] = "0" if fmt == "gguf-aten" else "1"
+    weights, matmul = ("fp32", "bfloat16") if fmt == "bf16" else (fmt.removesuffix("-aten"), "float32")
     start = time.perf_counter()
     catalog = load_catalog(large, small, weights=weights)
     load_s = time.perf_counter() - start

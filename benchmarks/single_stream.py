@@ -4,7 +4,8 @@
         [--rounds 2] [--json F]
 
 The same 64 prompt tokens (the validation split's first) for every system, then 128 new tokens, greedy, EOS
-ignored. StitchLLM runs its block runtime with a KV cache (`stitchllm.generation.generate`, fp32 matmuls,
+ignored. Format `gguf-aten` is `gguf` on PyTorch's own int4/int8 kernels instead of the integer dot-product kernel
+(models/int_dot.py; STITCHLLM_INT_DOT=0 for that system alone). StitchLLM runs its block runtime with a KV cache (`stitchllm.generation.generate`, fp32 matmuls,
 `--weights` as given); llama.cpp runs through llama-cpp-python (the `peers` extra) on the family's Q4_K_M GGUF
 with as many threads as PyTorch uses. Each system is loaded once and runs its rounds back to back, one system after
 another; per system: the median over rounds of the time to the first new token (the prefill) and of the decode
@@ -16,16 +17,20 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import statistics
 import time
 
 
 def stitchllm_runs(model_dir: str, fmt: str, prompt: list[int], new_tokens: int, rounds: int) -> list[tuple]:
     from stitchllm.generation import generate, model_last_logits
+    from stitchllm.models import int_dot
     from stitchllm.models.loader import load_model
     from stitchllm.sampling import SamplingParams
 
-    model = load_model(model_dir, weights=fmt)
+    int_dot.int_dot_available.cache_clear()
+    os.environ[int_dot.DISABLE_ENV] = "0" if fmt == "gguf-aten" else "1"
+    model = load_model(model_dir, weights=fmt.removesuffix("-aten"))
     runs = []
     for _ in range(rounds):
         stamps = []

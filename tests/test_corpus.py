@@ -16,3 +16,15 @@ def test_code_text_holds_the_files_whose_docstrings_make_its_split():
         # the files are in one split only; a few docstrings are copied between files (measured: 6 of 539
         # held-out lines, 28 of 612 validation lines)
         assert len(elsewhere) < 0.1 * len(firsts), elsewhere
+
+
+def test_text_command_exports_either_kind_and_refuses_others(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "code.txt"
+    run = [sys.executable, "-m", "stitchllm.cli", "text", "heldout"]
+    assert subprocess.run(run + ["--kind", "code", "--out", str(out)]).returncode == 0
+    assert out.read_text(encoding="utf-8") == python_code_text("heldout")
+    bad = subprocess.run(run + ["--kind", "prose"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr == "error: --kind must be docs or code, got 'prose'\n"

@@ -113,3 +113,91 @@ def test_router_manifest_for_other_family_or_stitches_is_refused(tmp_path):
         load_router(tmp_path, {"large": "a", "small": "c"}, "s1")
     with pytest.raises(StitchError, match="another family or other stitches"):
         load_router(tmp_path, {"large": "a", "small": "b"}, "s2")
+
+
+def test_shipped_router_serves_until_the_user_trains_their_own(tiny_catalog, tmp_path, monkeypatch):
+    import shutil
+
+    from stitchllm.engine.build import load_router_for, own_router_dir, router_dir_for
+    from stitchllm.routing.router_model import SHIPPED_ROUTER
+
+    catalog, stitch_dir, router, manifest = tiny_catalog
+    shipped = tmp_path / "shipped"  # a shipped stitch directory: the stitches, and their router beside them
+    shutil.copytree(stitch_dir, shipped)
+    monkeypatch.setenv("STITCHLLM_HOME", str(tmp_path / "home"))
+    assert router_dir_for(shipped) == own_router_dir(shipped)  # nothing trained, nothing shipped: where train writes
+    save_router(router, shipped / SHIPPED_ROUTER, manifest)
+    assert router_dir_for(shipped) == shipped / SHIPPED_ROUTER
+    loaded, _ = load_router_for(catalog, shipped)
+    assert torch.equal(loaded.net[0].weight, router.net[0].weight)
+    own = copy_with_other_weights(router)
+    save_router(own, own_router_dir(shipped), manifest)
+    loaded, _ = load_router_for(catalog, shipped)
+    assert router_dir_for(shipped) == own_router_dir(shipped)
+    assert torch.equal(loaded.net[0].weight, own.net[0].weight)
+
+
+def copy_with_other_weights(router: RouterMLP) -> RouterMLP:
+    other = RouterMLP(router.mean.shape[0], router.route_names, router.net[0].out_features, router.feature_block)
+    other.load_state_dict(router.state_dict())
+    with torch.no_grad():
+        other.net[0].weight.add_(1.0)
+    return other
+
+
+def test_router_requests_take_half_from_source_code(tiny_catalog):
+    from stitchllm.data.corpus import python_code_text, python_docs_text
+    from stitchllm.routing.dataset import sample_requests
+    from stitchllm.routing.router_train import RouterTrainConfig, training_requests
+
+    tokenizer = tiny_catalog[0].family.tokenizer
+    cfg = RouterTrainConfig(requests=9)
+
+    def spans(text: str, n: int) -> list[torch.Tensor]:
+        ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return sample_requests(ids, n, cfg.prompt_len, cfg.cont_len)
+
+    mixed = training_requests(tokenizer, cfg)
+    expected = spans(python_docs_text("train"), 5) + spans(python_code_text("train"), 4)
+    assert len(mixed) == 9 and all(torch.equal(a, b) for a, b in zip(mixed, expected))
+    docs_only = training_requests(tokenizer, RouterTrainConfig(requests=9, text="docs"))
+    assert all(torch.equal(a, b) for a, b in zip(docs_only, spans(python_docs_text("train"), 9)))
+
+
+def test_router_train_and_eval_commands(tiny_catalog, tiny_parent_dir, tiny_sibling, tmp_path):
+    """`router train` labels, fits and saves under STITCHLLM_HOME, then finds its recipe up to date; `router eval`
+    reports every policy's curve from all-`small` to all-`large`, with its APGR."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    _, stitch_dir, _, _ = tiny_catalog
+    members = ["--model", str(tiny_parent_dir), "--small", str(tiny_sibling[0]), "--stitches", str(stitch_dir)]
+    env = os.environ | {"STITCHLLM_HOME": str(tmp_path / "home")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "stitchllm.cli", *args, *members], capture_output=True,
+                              text=True, timeout=600, env=env)
+
+    train = cli("router", "train", "--requests", "48", "--matmul-dtype", "float32")
+    assert train.returncode == 0, train.stderr[-2000:]
+    manifest = json.loads(next((tmp_path / "home" / "routers").glob("*/router.json")).read_text())
+    assert manifest["recipe"]["text"] == "docs+code" and manifest["recipe"]["matmul_dtype"] == "float32"
+    again = cli("router", "train", "--requests", "48", "--matmul-dtype", "float32")
+    assert again.returncode == 0 and "is up to date" in again.stdout
+    text = tmp_path / "heldout.txt"
+    text.write_text(" ".join(f"Request {i} asks the router which route serves it best." for i in range(300)))
+    evaluated = cli("router", "eval", "--text", str(text), "--requests", "16", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    report = json.loads(evaluated.stdout)
+    policies = report["policies"]
+    assert report["requests"] == 16 and set(policies) == {"router", "random", "whole-model", "oracle",
+                                                          "oracle-whole-model"}
+    small = report["small"]
+    assert small["cost"] == pytest.approx(manifest["costs"][0]) and report["large"] == {"cost": 1.0, "top1": 1.0}
+    for name, result in policies.items():
+        # every policy spans the same two ends: each request on `small`, each on `large` (agreement 1 with itself)
+        assert result["curve"][0] == pytest.approx([small["cost"], small["top1"]], abs=1e-5), name
+        assert result["curve"][-1] == pytest.approx([1.0, 1.0], abs=1e-5), name
+        assert 0.0 <= result["apgr"] <= 1.0 and small["cost"] <= result["cost_at_95"] <= 1.0, name

@@ -400,27 +400,32 @@ def _stitch_dir(catalog, stitches):
 @router_app.command("train")
 def router_train(
     requests: Annotated[int, typer.Option(help="Calibration requests to label.")] = 384,
+    matmul_dtype: MatmulDtypeOpt = "auto",
     family: FamilyOpt = None,
     model: ModelOpt = None,
     small: SmallOpt = None,
     stitches: StitchesOpt = None,
 ) -> None:
-    """Label calibration requests with every route's loss, fit the router MLP, calibrate thresholds (cached)."""
+    """Label calibration requests (docstrings and source code of the train split) with every route's loss, fit the
+    router MLP, calibrate thresholds (cached)."""
     model, small = _members(family, model, small)
     from dataclasses import asdict
 
-    from stitchllm.engine.build import router_dir_for
+    from stitchllm.engine.build import own_router_dir, router_dir_for
+    from stitchllm.models.linear import dtype_name, resolve_matmul_dtype
     from stitchllm.routing.catalog import load_catalog
+    from stitchllm.routing.router_model import ROUTER_MANIFEST
     from stitchllm.routing.router_train import RouterTrainConfig, train_router
 
+    # the precision is checked and named before any model loads; the recipe records what ran
+    cfg = RouterTrainConfig(requests=requests, matmul_dtype=dtype_name(resolve_matmul_dtype(matmul_dtype)))
     catalog = load_catalog(model, small, stitches, require_stitches=True)
     stitch_dir = _stitch_dir(catalog, stitches)
-    out = router_dir_for(stitch_dir)
-    cfg = RouterTrainConfig(requests=requests)
-    existing = out / "router.json"
+    existing = router_dir_for(stitch_dir) / ROUTER_MANIFEST
     if existing.is_file() and json.loads(existing.read_text()).get("recipe") == asdict(cfg):
-        print(f"router at {out} is up to date")
+        print(f"router at {existing.parent} is up to date")
         return
+    out = own_router_dir(stitch_dir)
     manifest = train_router(catalog, stitch_dir, cfg, out)
     fit = manifest["fit"]
     print(f"router at {out}: MSE train {fit['train_mse']:.4f} / validation {fit['val_mse']:.4f} "
@@ -447,19 +452,19 @@ def router_eval(
     from stitchllm.eval.router_eval import evaluate_policies
     from stitchllm.eval.text import read_text
     from stitchllm.routing.catalog import load_catalog
-    from stitchllm.routing.dataset import build_dataset, sample_requests
+    from stitchllm.routing.dataset import sample_requests
     from stitchllm.routing.policies import RoutingBatch
+    from stitchllm.routing.router_train import RouterTrainConfig, label_requests
 
     catalog = load_catalog(model, small, stitches, require_stitches=True)
     router, manifest = load_router_for(catalog, _stitch_dir(catalog, stitches))
-    cfg = manifest["recipe"]
+    cfg = RouterTrainConfig(**manifest["recipe"])  # label as the router's own requests were labelled
     ids = torch.tensor(catalog.family.tokenizer(read_text(text), add_special_tokens=False)["input_ids"])
-    span = cfg["prompt_len"] + cfg["cont_len"]
+    span = cfg.prompt_len + cfg.cont_len
     n = min(requests, len(ids) // span)
     if n < 8:
         raise StitchError(f"text too short: {len(ids)} tokens make fewer than 8 requests of {span} tokens")
-    data = build_dataset(catalog, sample_requests(ids, n, cfg["prompt_len"], cfg["cont_len"]), cfg["prompt_len"],
-                         router.feature_block)
+    data = label_requests(catalog, sample_requests(ids, n, cfg.prompt_len, cfg.cont_len), cfg, router.feature_block)
     batch = RoutingBatch(data.route_names, data.costs, predicted_loss=router(data.features), true_loss=data.loss)
     report = evaluate_policies(batch, data.agree, ["router", "random", "whole-model", "oracle", "oracle-whole-model"])
     report["requests"] = n
@@ -522,14 +527,18 @@ def serve(
 @app.command("text")
 def text_command(
     split: Annotated[str, typer.Argument(help="train | validation | heldout")] = "heldout",
+    kind: Annotated[str, typer.Option(help="docs (the docstrings) | code (the source files as they are)")] = "docs",
     out: Annotated[Optional[str], typer.Option(help="Write to this file instead of stdout.")] = None,
 ) -> None:
-    """Export a split of the built-in corpus (Python stdlib docstrings) as UTF-8 text."""
-    from stitchllm.data.corpus import SPLITS, python_docs_text
+    """Export a split of the built-in corpus (the Python standard library, split by file) as UTF-8 text."""
+    from stitchllm.data.corpus import SPLITS, python_code_text, python_docs_text
 
     if split not in SPLITS:
         raise StitchError(f"split must be one of {', '.join(SPLITS)}")
-    text = python_docs_text(split)
+    texts = {"docs": python_docs_text, "code": python_code_text}
+    if kind not in texts:
+        raise StitchError(f"--kind must be docs or code, got {kind!r}")
+    text = texts[kind](split)
     if out:
         from pathlib import Path
 

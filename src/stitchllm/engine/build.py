@@ -12,13 +12,22 @@ from stitchllm.models.linear import resolve_matmul_dtype
 from stitchllm.models.quantized import resolve_weight_format
 from stitchllm.paths import stitchllm_home
 from stitchllm.routing.catalog import RouteCatalog, load_catalog
+from stitchllm.routing.router_model import ROUTER_MANIFEST, SHIPPED_ROUTER
 from stitchllm.stitch.store import stitches_fingerprint
 
 log = logging.getLogger(__name__)
 
 
-def router_dir_for(stitch_dir: Path) -> Path:
+def own_router_dir(stitch_dir: Path) -> Path:
+    """Where `router train` writes the router for these stitches."""
     return stitchllm_home() / "routers" / stitches_fingerprint(stitch_dir)
+
+
+def router_dir_for(stitch_dir: Path) -> Path:
+    """The router for these stitches: the user's own, else the one shipped beside them (`router/` of a shipped
+    stitch directory, stitch/build.py SHIPPED), else where the user's own would be."""
+    own, shipped = own_router_dir(stitch_dir), stitch_dir / SHIPPED_ROUTER
+    return shipped if not (own / ROUTER_MANIFEST).is_file() and (shipped / ROUTER_MANIFEST).is_file() else own
 
 
 def load_router_for(catalog: RouteCatalog, stitch_dir: Path):
@@ -36,7 +45,7 @@ def engine_from_catalog(catalog: RouteCatalog, stitch_dir: Path | None, config: 
         log.warning("no stitched route for this family (none built, or none kept by `stitchllm stitch build`): "
                     "policy auto serves every request on `large`; name `small` as the model to use the small one")
         config = replace(config, policy="fixed:large")
-    no_router = stitch_dir is not None and not (router_dir_for(stitch_dir) / "router.json").is_file()
+    no_router = stitch_dir is not None and not (router_dir_for(stitch_dir) / ROUTER_MANIFEST).is_file()
     if config.policy == "auto" and no_router:
         log.warning("no router trained for these stitches: policy auto serves every request on `large` (run "
                     "`stitchllm router train`); name a route as the model to use it")

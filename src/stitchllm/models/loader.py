@@ -235,11 +235,13 @@ def _from_gguf(gguf: GGUFWeights, name: str, dense: torch.Tensor, tied: bool):
     """The quantised form of runtime weight `name` as the GGUF file stores it: int4 level for level where all its
     parts are 4-bit types, else int8 per row of the de-quantised weight `dense` [N, K]. Refuses a GGUF file whose
     levels do not give back `dense` (the checkpoint was not converted from it)."""
+    from stitchllm.models.int_dot import IntDotWeight, int_dot_available
     from stitchllm.models.quantized import Int4Weight, Int8Weight
 
     levels = gguf.stacked_levels(gguf_parts(name, tied))
     if levels is None:
-        return Int8Weight(dense)
+        rows = Int8Weight(dense)
+        return IntDotWeight.from_int8(rows.q, rows.scales) if int_dot_available() else rows
     q, scale, zero = levels
     if q.shape != dense.shape:
         raise StitchError(f"{gguf.path} does not hold the weights of this checkpoint ({name} is {tuple(dense.shape)}, "
@@ -247,6 +249,8 @@ def _from_gguf(gguf: GGUFWeights, name: str, dense: torch.Tensor, tied: bool):
     kept = (q.float() - 8).view(*scale.shape, -1) * scale[..., None] + zero[..., None]  # [N, K/G, G] fp32
     if (kept.view(dense.shape) - dense).norm() > 1e-5 * dense.norm():  # fp32 rounding apart, they are equal
         raise StitchError(f"{gguf.path} does not hold the weights of this checkpoint ({name} differs)")
+    if int_dot_available():
+        return IntDotWeight.from_int4_levels(q, scale, zero)
     return Int4Weight.from_levels(q, scale, zero)
 
 

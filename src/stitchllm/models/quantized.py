@@ -11,8 +11,10 @@ offsets). Activations, norms, attention and the KV cache stay as they were: only
 - int4: asymmetric, per group of 128/64/32 inputs: w ~ (q - 8) * scale + zero, q in [0, 15] (the kernel's own
   convention: it subtracts 8). Plain round-to-nearest, no calibration: on SmolLM2-135M perplexity +35%, top-1 73%;
   on Qwen2.5-Coder-1.5B +5.4%.
-- gguf: the GGUF file's own levels (models/gguf_blocks.py): its 4-bit tensors go into the int4 kernel unchanged
-  (groups of 32), its other tensors into int8; on Qwen2.5-Coder-1.5B, perplexity within 0.01% of fp32.
+- gguf: the GGUF file's own levels (models/gguf_blocks.py): its 4-bit tensors kept level for level (groups of 32),
+  its other tensors as int8 per row. They run on the integer dot-product kernel (models/int_dot.py) where it
+  builds, else on these kernels. On Qwen2.5-Coder-1.5B: perplexity +0.11% against fp32 on the integer kernel,
+  +0.01% on these.
 
 Which formats run, and how fast against oneDNN fp32, is measured by benchmarks/weight_formats.py and
 benchmarks/single_stream.py; `auto` follows them (`resolve_weight_format`). In int8 and int4 the LM head stays fp32
@@ -47,13 +49,14 @@ def resolve_weight_format(name: str, matmul_dtype: torch.dtype = torch.float32) 
     computes in; it does not change the choice.
 
     'gguf' keeps the quantisation of the GGUF file a model was converted from (models/gguf_blocks.py): its 4-bit
-    tensors in int4 level for level, the rest in int8 per row, the head included; a model that did not come from a
-    GGUF file has none to keep and loads in fp32 (models/loader.py). Why it is the automatic choice, measured on
-    Qwen2.5-Coder-1.5B (docs/BENCHMARKS.md): held-out perplexity +0.01% against fp32 (the fp32 weights are the same
-    file de-quantised), 2.6x fp32's single-stream decode, and `serve` peaks at 4.7 GiB against 11.6. Its cost: from
-    16 rows a step on, the int kernels run slower than oneDNN's fp32 and far slower than its bf16 (0.6x fp32's
-    throughput at 64 requests in flight). int8 and int4 re-quantise whatever fp32 weights they are given by
-    rounding (int4: +5.4% perplexity on the same model)."""
+    tensors in int4 level for level, the rest in int8 per row, the head included, run by the integer dot-product
+    kernel where it builds (models/int_dot.py); a model that did not come from a GGUF file has none to keep and
+    loads in fp32 (models/loader.py). Why it is the automatic choice, measured on Qwen2.5-Coder-1.5B
+    (docs/BENCHMARKS.md): held-out perplexity +0.11% against fp32 (the fp32 weights are the same file
+    de-quantised), 0.89x llama.cpp's single-stream decode on the same file (fp32: 0.28x), and `serve` peaks at
+    4.7 GiB against 11.6. Its cost: from 16 rows a step on, the int kernels run slower than oneDNN's fp32 and far
+    slower than its bf16 (0.6x fp32's throughput at 64 requests in flight). int8 and int4 re-quantise whatever
+    fp32 weights they are given by rounding (int4: +5.4% perplexity on the same model)."""
     features = cpu_features()
     if name == "auto":
         return "gguf" if features.int8_weights and features.int4_weights else "fp32"

@@ -11,6 +11,9 @@ from torch import nn
 
 from stitchllm.errors import StitchError
 
+ROUTER_MANIFEST = "router.json"
+SHIPPED_ROUTER = "router"  # the subdirectory of a shipped stitch directory that holds its router
+
 
 class RouterMLP(nn.Module):
     """Standardise features, one hidden layer, one output per route: predicted log(1 + KL to the large model)."""
@@ -39,15 +42,14 @@ class RouterMLP(nn.Module):
 def save_router(router: RouterMLP, out: Path, manifest: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in router.state_dict().items()}, out / "router.safetensors")
-    (out / "router.json").write_text(json.dumps(manifest | {"routes": router.route_names,
-                                                            "num_features": int(router.mean.shape[0]),
-                                                            "hidden": router.net[0].out_features,
-                                                            "feature_block": router.feature_block}, indent=2))
+    shape = {"routes": router.route_names, "num_features": int(router.mean.shape[0]),
+             "hidden": router.net[0].out_features, "feature_block": router.feature_block}
+    (out / ROUTER_MANIFEST).write_text(json.dumps(manifest | shape, indent=2))
 
 
 def load_router(directory: Path, family_fingerprint: dict, stitches_fingerprint: str) -> tuple[RouterMLP, dict]:
     """Load a router; refuses one trained for another family or other stitches."""
-    path = directory / "router.json"
+    path = directory / ROUTER_MANIFEST
     if not path.is_file():
         raise StitchError(f"no router at {directory}; run `stitchllm router train`")
     manifest = json.loads(path.read_text())

@@ -1,0 +1,74 @@
+"""The integer dot-product kernel (models/int_dot.py, kernels/int_dot.cpp): it computes exactly what its rounding
+of the activations says, holds the weights it was given, tracks fp32, rejects bad input, and `gguf` weights use it
+where it builds (PyTorch's kernels with STITCHLLM_INT_DOT=0)."""
+
+import pytest
+import torch
+
+from stitchllm.models import int_dot
+from stitchllm.models.int_dot import GROUP, IntDotWeight, int_dot_available
+from stitchllm.models.quantized import Int8Weight
+
+pytestmark = pytest.mark.skipif(not int_dot_available(), reason="the int-dot kernel does not build with vector "
+                                                                "dot products here")
+
+
+def rounded(x: torch.Tensor) -> torch.Tensor:
+    """x [M, K] as the kernel rounds it: int8 per group of 32, scale max|x| / 127."""
+    groups = x.view(x.shape[0], -1, GROUP)
+    amax = groups.abs().amax(-1, keepdim=True)
+    q = torch.round(groups * torch.where(amax > 0, 127 / amax, torch.zeros_like(amax)))
+    return (q * amax / 127).view_as(x)
+
+
+def int4_weight(n: int, k: int, seed: int = 0) -> tuple[IntDotWeight, torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 16, (n, k), generator=g)
+    scale = torch.rand(n, k // GROUP, generator=g) * 0.02
+    zero = torch.randn(n, k // GROUP, generator=g) * 0.02
+    return IntDotWeight.from_int4_levels(q, scale, zero), q, scale, zero
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 64])
+def test_int4_kernel_is_exact_for_its_rounded_activations(rows):
+    weight, q, scale, zero = int4_weight(37, 96)
+    x = torch.randn(rows, 96)
+    w = weight.dense()
+    # the levels meet the rounded activations; the zeros meet the exact ones (their sum is taken before rounding)
+    levels_part = rounded(x) @ ((q.float() - 8).view(37, 3, GROUP) * scale.bfloat16().float()[..., None]).view(37, 96).T
+    zeros_part = x.view(rows, 3, GROUP).sum(-1) @ zero.bfloat16().float().T
+    torch.testing.assert_close(weight.matmul(x), levels_part + zeros_part, rtol=1e-5, atol=1e-5)
+    assert ((weight.matmul(x) - x @ w.T).norm() / (x @ w.T).norm()).item() < 1e-2  # fp32 activations
+
+
+@pytest.mark.parametrize("rows", [1, 4, 7])
+def test_int8_kernel_is_exact_for_its_rounded_activations(rows):
+    rows_weight = Int8Weight(torch.randn(45, 64) * 0.05)
+    weight = IntDotWeight.from_int8(rows_weight.q, rows_weight.scales)
+    torch.testing.assert_close(weight.dense(), rows_weight.dense(), rtol=0, atol=0)
+    x = torch.randn(rows, 64)
+    torch.testing.assert_close(weight.matmul(x), rounded(x) @ rows_weight.dense().T, rtol=1e-5, atol=1e-5)
+
+
+def test_int4_weight_keeps_every_level():
+    weight, q, scale, zero = int4_weight(16, 64, seed=1)
+    scale, zero = scale.bfloat16().float()[..., None], zero.bfloat16().float()[..., None]
+    stored = (q.float() - 8).view(16, 2, GROUP) * scale + zero
+    torch.testing.assert_close(weight.dense(), stored.view(16, 64), rtol=0, atol=0)
+    assert weight.nbytes == 16 * 64 // 2 + 2 * 16 * 2 * 2  # half a byte a weight, a bf16 scale and zero a group
+
+
+def test_kernel_rejects_bad_input():
+    weight, *_ = int4_weight(16, 64)
+    op = torch.ops.stitchllm_int_dot.int_dot_mm
+    with pytest.raises(RuntimeError, match="in_features must be a multiple of 32"):
+        op(torch.randn(2, 48), weight.levels[:, :24].contiguous(), weight.scales, weight.zeros, 4)
+    with pytest.raises(RuntimeError, match=r"x must be \[M, K\] fp32"):
+        op(torch.randn(2, 64).bfloat16(), weight.levels, weight.scales, weight.zeros, 4)
+    with pytest.raises(RuntimeError, match="bits must be 4 or 8"):
+        op(torch.randn(2, 64), weight.levels, weight.scales, weight.zeros, 2)
+
+
+def test_switched_off_by_environment(monkeypatch):
+    monkeypatch.setenv(int_dot.DISABLE_ENV, "0")
+    assert int_dot.int_dot_available.__wrapped__() is False
