@@ -5,8 +5,8 @@
 
 The same 64 prompt tokens (the validation split's first) for every system, then 128 new tokens, greedy, EOS
 ignored. Format `gguf-aten` is `gguf` on PyTorch's own int4/int8 kernels instead of the integer dot-product kernel
-(models/int_dot.py; STITCHLLM_INT_DOT=0 for that system alone). StitchLLM runs its block runtime with a KV cache (`stitchllm.generation.generate`, fp32 matmuls,
-`--weights` as given); llama.cpp runs through llama-cpp-python (the `peers` extra) on the family's Q4_K_M GGUF
+(models/int_dot.py; STITCHLLM_INT_DOT=0 for that system alone). StitchLLM runs its block runtime with a KV cache
+(`stitchllm.generation.generate`, fp32 matmuls, `--weights` as given); llama.cpp runs through llama-cpp-python (the `peers` extra) on the family's Q4_K_M GGUF
 with as many threads as PyTorch uses. Each system is loaded once and runs its rounds back to back, one system after
 another; per system: the median over rounds of the time to the first new token (the prefill) and of the decode
 rate of the other 127.
