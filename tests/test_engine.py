@@ -195,10 +195,24 @@ def test_a_request_at_an_empty_engine_starts_the_controllers_feedback_and_demand
     engine.controller.correction = -0.5
     engine.add_request("first", prompts(1)[0], params)
     assert engine.controller.correction == 0.0
-    assert engine.demand.tokens_per_s(time.monotonic()) == pytest.approx((len(prompts(1)[0]) + 3) / 2)  # one, 2 s
+    assert engine.demand.tokens_per_s(time.monotonic()) == 0.0  # the burst is forgotten; one request is no rate
     engine.controller.correction = -0.3
     engine.add_request("second", prompts(1, seed=1)[0], params)  # "first" still waits: the load goes on
     assert engine.controller.correction == -0.3
+    assert engine.demand.tokens_per_s(time.monotonic()) == pytest.approx((len(prompts(1, seed=1)[0]) + 3) / 2)
+
+
+def test_one_waiting_request_is_no_backlog_two_are(tiny_catalog):
+    """A lone request after an idle spell is routed for no load (it went to the cheapest route on the default
+    family when its expected output counted as backlog); a queue of two counts, prompt and expected output."""
+    catalog, _, router, manifest = tiny_catalog
+    engine = LLMEngine(catalog, EngineConfig(max_model_len=128), router, manifest["thresholds"])
+    params = SamplingParams(max_tokens=100, ignore_eos=True)
+    first, second = prompts(1)[0], prompts(1, seed=1)[0]
+    engine.add_request("first", first, params)
+    assert engine._backlog_tok_s() == 0.0
+    engine.add_request("second", second, params)
+    assert engine._backlog_tok_s() == pytest.approx((len(first) + len(second) + 200) / 2.0)  # TTFT target 2 s
 
 
 def test_auto_without_a_router_for_the_stitches_serves_large_and_a_named_route_still_serves(tiny_catalog, tmp_path,

@@ -77,7 +77,9 @@ def test_demand_meter_shows_a_rise_at_once_and_a_fall_once_it_has_lasted():
     meter.forget_arrivals()  # the engine ran empty: what arrived has been served
     assert meter.tokens_per_s(81.0) == 0.0
     meter.arrive(90.0, 64, 128)
-    assert meter.tokens_per_s(91.0) == pytest.approx(192 / 2)  # a young meter divides by at least 2 s
+    assert meter.tokens_per_s(91.0) == 0.0  # one request after an idle spell is no rate
+    meter.arrive(90.5, 64, 128)
+    assert meter.tokens_per_s(91.0) == pytest.approx(192 / 2)  # the next one is; a young meter divides by >= 2 s
 
 
 def _signal(demand: float, pressure: float = 0.0, steerable: bool = True) -> LoadSignal:

@@ -259,8 +259,12 @@ class LLMEngine:
 
     def _backlog_tok_s(self) -> float:
         """Work already queued (requests not yet routed) as a rate: it must be served within the TTFT target.
-        Without it, a closed loop whose arrivals stop while its queue is long would read as no demand."""
+        Without it, a closed loop whose arrivals stop while its queue is long would read as no demand. One request
+        is not a queue: counted, a lone chat request (~400 tokens of expected work over a 2 s TTFT target) read as
+        more than `large` decodes on 2 cores, and every one after an idle spell went to the cheapest route."""
         unrouted = list(self.scheduler.waiting) + [r for r in self.scheduler.running if r.phase is Phase.BOTTOM]
+        if len(unrouted) <= 1:
+            return 0.0
         tokens = sum(r.prompt_len + self.demand.expected_output(r.params.max_tokens) for r in unrouted)
         return tokens / (self.config.slo.ttft_ms / 1000)
 
