@@ -32,7 +32,8 @@ DISABLE_ENV = "STITCHLLM_INT_DOT"
 
 @functools.cache
 def int_dot_available() -> bool:
-    """Whether the kernel is built here with vector dot products (its scalar fallback is slower than PyTorch's)."""
+    """Whether the kernel is built here with vector dot products (AVX2 or better). Its scalar fallback is kept for
+    correctness only and was never measured for speed, so without them `gguf` stays on PyTorch's kernels."""
     if os.environ.get(DISABLE_ENV, "1") == "0":
         return False
     if not build_kernel("stitchllm_int_dot", "int_dot.cpp", "integer dot-product", "using PyTorch's int4/int8 kernels"):
