@@ -233,8 +233,9 @@ def return_freed_memory() -> None:
 
 def _from_gguf(gguf: GGUFWeights, name: str, dense: torch.Tensor, tied: bool):
     """The quantised form of runtime weight `name` as the GGUF file stores it: int4 level for level where all its
-    parts are 4-bit types, else int8 per row of the de-quantised weight `dense` [N, K]. Refuses a GGUF file whose
-    levels do not give back `dense` (the checkpoint was not converted from it)."""
+    parts are 4-bit types, else int8 per row of the de-quantised weight `dense` [N, K]; held for the integer
+    dot-product kernel where it builds (models/int_dot.py), else for PyTorch's. Refuses a GGUF file whose levels do
+    not give back `dense` (the checkpoint was not converted from it)."""
     from stitchllm.models.int_dot import IntDotWeight, int_dot_available
     from stitchllm.models.quantized import Int4Weight, Int8Weight
 
