@@ -1,7 +1,8 @@
 """Quality at equal throughput, repeated: policies at one offered load, several Poisson arrival seeds, interleaved.
 
     .venv/bin/python benchmarks/equal_throughput.py [--fraction 1.25 | --rate R] [--seeds 4] [--first-seed 0]
-        [--duration 60] [--policies random,whole-model,auto] [--output-tokens 128] [--matmul-dtype auto] [--json]
+        [--duration 60] [--policies random,whole-model,auto] [--output-tokens 128] [--matmul-dtype auto]
+        [--weights fp32] [--slo-ttft 2000] [--slo-tpot 250] [--json]
 
 `stitchllm bench` runs each rate once, with one arrival seed; near the large model's capacity one 60 s window
 decides which policy served more requests on `large` by a few percent, within the run-to-run spread. This runs
@@ -31,7 +32,7 @@ from stitchllm.bench.run import BenchConfig, EngineTarget, heldout_workload
 from stitchllm.bench.workload import poisson_arrivals
 from stitchllm.routing.catalog import load_catalog
 from stitchllm.routing.controller import LoadController
-from stitchllm.stitch.build import stitches_dir
+from stitchllm.stitch.build import serving_stitches_dir
 
 FIELDS = ("slo_attainment", "quality_top1", "quality_ppl", "tpot_p90_ms", "ttft_p90_ms")
 
@@ -60,12 +61,16 @@ def main() -> None:
     ap.add_argument("--output-tokens", type=int, default=128)
     ap.add_argument("--saturation-duration", type=float, default=40.0)
     ap.add_argument("--matmul-dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    ap.add_argument("--weights", default="fp32", help="the engine's weight format, as `stitchllm bench --weights`")
+    ap.add_argument("--slo-ttft", type=float, default=BenchConfig.slo_ttft_ms, help="TTFT SLO, ms")
+    ap.add_argument("--slo-tpot", type=float, default=BenchConfig.slo_tpot_ms, help="TPOT SLO, ms")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     cfg = BenchConfig(policies=tuple(args.policies.split(",")), duration=args.duration,
-                      output_tokens=args.output_tokens, matmul_dtype=args.matmul_dtype)
-    catalog = load_catalog()
-    stitch_dir = stitches_dir(catalog.family)
+                      output_tokens=args.output_tokens, matmul_dtype=args.matmul_dtype, weights=args.weights,
+                      slo_ttft_ms=args.slo_ttft, slo_tpot_ms=args.slo_tpot)
+    catalog = load_catalog(weights=cfg.weights)
+    stitch_dir = serving_stitches_dir(catalog.family)
     requests, quality = heldout_workload(catalog, stitch_dir, cfg)
     target = EngineTarget(catalog, stitch_dir, cfg)
 

@@ -186,7 +186,8 @@ def test_cli_eval_text_still_needs_text():
 
 
 def test_bench_pass_at_1_checks_what_was_served(smollm2, problems):
-    """Served answers decoded, cut and checked: two right and one wrong make 2/3; a repeat is not re-run."""
+    """Served answers decoded, cut and checked, each problem weighing the same: problem 0 right once and wrong once
+    (1/2), problem 1 right (1) make 3/4; a repeat is not re-run."""
     from stitchllm.bench.driver import Record
     from stitchllm.bench.humaneval import HumanEvalWorkload
 
@@ -200,8 +201,9 @@ def test_bench_pass_at_1_checks_what_was_served(smollm2, problems):
     right0 = problems[0]["canonical_solution"] + "\n\ndef check_more():\n    pass\n"  # cut at the stop
     records = [served(0, right0), served(1, problems[1]["canonical_solution"]), served(0, "    return True\n"),
                Record(work.requests[2], 0.0)]  # never served: not counted
-    assert work.pass_at_1(records) == pytest.approx(2 / 3)
-    assert len(work._passed) == 3
+    assert work.pass_at_1(records) == pytest.approx(3 / 4)
+    assert work.pass_at_1(records[2:3] + records[1:2] * 5) == pytest.approx(1 / 2)  # repeats do not outweigh
+    assert work.problems_served(records) == 2 and len(work._passed) == 3
     assert work.pass_at_1(records[:1] * 4) == 1.0 and len(work._passed) == 3
     assert work.pass_at_1([records[3]]) is None
 
@@ -219,6 +221,7 @@ def test_cli_bench_humaneval_reports_pass_at_1(tiny_parent_dir, tiny_small_dir, 
     assert [r["policy"] for r in report["results"]] == ["large", "random"]
     for r in report["results"] + report["saturation_detail"]:
         assert r["requests"] > 0 and r["pass_at_1"] == 0.0 and r["quality_top1"] is None
+        assert 0 < r["problems"] <= r["requests"]
     assert report["saturation_quality"]["large"] == {"ppl": None, "top1": None, "pass_at_1": 0.0}
     assert report["peers"] == [] and report["config"]["workload"] == "humaneval"
     assert report["config"]["prompt_tokens"] == max(

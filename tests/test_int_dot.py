@@ -58,15 +58,25 @@ def test_int4_weight_keeps_every_level():
     assert weight.nbytes == 16 * 64 // 2 + 2 * 16 * 2 * 2  # half a byte a weight, a bf16 scale and zero a group
 
 
+def test_int8_weight_is_a_byte_a_weight_and_a_scale_a_row():
+    rows_weight = Int8Weight(torch.randn(16, 64))
+    weight = IntDotWeight.from_int8(rows_weight.q, rows_weight.scales)
+    assert weight.nbytes == 16 * 64 + 16 * 4
+
+
 def test_kernel_rejects_bad_input():
     weight, *_ = int4_weight(16, 64)
     op = torch.ops.stitchllm_int_dot.int_dot_mm
-    with pytest.raises(RuntimeError, match="in_features must be a multiple of 32"):
-        op(torch.randn(2, 48), weight.levels[:, :24].contiguous(), weight.scales, weight.zeros, 4)
+    with pytest.raises(RuntimeError, match="in_features must be a positive multiple of 32"):
+        op(torch.randn(2, 48), weight.levels, weight.scales, weight.zeros, 4, 16)
+    with pytest.raises(RuntimeError, match=r"levels must be \[ceil\(N / 8\), K \* bits\] uint8"):
+        op(torch.randn(2, 64), weight.levels, weight.scales, weight.zeros, 4, 17)
     with pytest.raises(RuntimeError, match=r"x must be \[M, K\] fp32"):
-        op(torch.randn(2, 64).bfloat16(), weight.levels, weight.scales, weight.zeros, 4)
+        op(torch.randn(2, 64).bfloat16(), weight.levels, weight.scales, weight.zeros, 4, 16)
     with pytest.raises(RuntimeError, match="bits must be 4 or 8"):
-        op(torch.randn(2, 64), weight.levels, weight.scales, weight.zeros, 2)
+        op(torch.randn(2, 64), weight.levels, weight.scales, weight.zeros, 2, 16)
+    with pytest.raises(RuntimeError, match="8-bit scales must be"):
+        op(torch.randn(2, 64), torch.zeros(2, 512, dtype=torch.uint8), weight.scales, weight.zeros, 8, 16)
 
 
 def test_switched_off_by_environment(monkeypatch):

@@ -30,8 +30,10 @@ class HumanEvalWorkload:
         return max(len(r.prompt) for r in self.requests)
 
     def pass_at_1(self, records: list[Record]) -> float | None:
-        """The fraction of served requests (every one that produced output) whose completion passes its tests;
-        None when none was served."""
+        """pass@1 of the served requests (every one that produced output): per problem, the fraction of its
+        served completions that pass its tests, averaged over the problems served, so each problem weighs the same
+        however often it was served (a closed loop wraps round and serves the first problems again). None when
+        none was served."""
         done = [r for r in records if r.output_ids and r.error is None]
         if not done:
             return None
@@ -44,4 +46,12 @@ class HumanEvalWorkload:
         results = check_completions([self.problems[i] for i, _ in new], [c for _, c in new], self.timeout_s,
                                     self.workers)
         self._passed.update((k, res.passed) for k, res in zip(new, results))
-        return sum(self._passed[k] for k in keys) / len(keys)
+        per_problem: dict[int, list[bool]] = {}
+        for k in keys:
+            per_problem.setdefault(k[0], []).append(self._passed[k])
+        return sum(sum(p) / len(p) for p in per_problem.values()) / len(per_problem)
+
+    @staticmethod
+    def problems_served(records: list[Record]) -> int:
+        """How many distinct problems got an answer."""
+        return len({r.request.index for r in records if r.output_ids and r.error is None})

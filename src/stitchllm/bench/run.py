@@ -170,7 +170,9 @@ def run_bench(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: Be
 
     def summary(records, wall: float, window: float | None = None) -> dict:
         row = summarize(records, wall, cfg.slo_ttft_ms, cfg.slo_tpot_ms, quality, window)
-        return row | ({"pass_at_1": humaneval.pass_at_1(records)} if humaneval else {})
+        if humaneval is None:
+            return row
+        return row | {"pass_at_1": humaneval.pass_at_1(records), "problems": humaneval.problems_served(records)}
 
     def saturate() -> list[dict]:
         rows = []

@@ -8,9 +8,11 @@ products instead, and so does this kernel. The levels are the GGUF file's own (m
 the activations' rounding is new: a relative error of ~5e-3 per matmul, like the bf16 activations that PyTorch's
 kernels take.
 
-A weight [N, K] is w = (level - offset) * scale + zero, with a bf16 scale and zero per row and group of 32 inputs:
-- 4 bits: levels 0..15, offset 8, as a GGUF 4-bit tensor stores them (Q4_K, Q4_0, Q4_1);
-- 8 bits: levels -127..127, offset 0, zero 0: an Int8Weight (one scale per row) with its scale in every group.
+A weight [N, K] is w = (level - offset) * scale + zero:
+- 4 bits: levels 0..15, offset 8, as a GGUF 4-bit tensor stores them (Q4_K, Q4_0, Q4_1), with a bf16 scale and
+  zero per output and group of 32 inputs;
+- 8 bits: levels -127..127 with one fp32 scale per output: an Int8Weight.
+Outputs are interleaved in blocks of 8 so that one vector instruction serves 8 outputs (kernels/int_dot.cpp).
 
 `gguf` weights use it wherever it builds with vector dot products (AVX2 or better); STITCHLLM_INT_DOT=0 keeps
 PyTorch's kernels instead (to compare the two).
@@ -27,6 +29,7 @@ from stitchllm.errors import StitchError
 from stitchllm.models.cpu_kernels import build_kernel
 
 GROUP = 32
+BLOCK = 8  # outputs interleaved in one vector of the kernel
 DISABLE_ENV = "STITCHLLM_INT_DOT"
 
 
@@ -42,48 +45,84 @@ def int_dot_available() -> bool:
 
 
 class IntDotWeight:
-    """A weight [N, K] as levels [N, K * bits / 8] uint8 and bf16 scales and zeros [N, K / 32] (see the module)."""
+    """A weight [N, K] as levels [ceil(N / 8), K * bits] uint8 in the kernel's interleaved layout (8
+    outputs a block, see kernels/int_dot.cpp), with bf16 scales and zeros [ceil(N / 8), K / 32, 8] (4 bits) or
+    fp32 scales per output [ceil(N / 8) * 8] (8 bits)."""
 
     act_dtype = torch.float32  # the kernel rounds activations itself: it takes and returns fp32
 
-    def __init__(self, levels: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int, k: int):
+    def __init__(self, levels: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int, n: int, k: int):
         self.levels, self.scales, self.zeros, self.bits = levels, scales, zeros, bits
-        self.shape = (levels.shape[0], k)
+        self.shape = (n, k)
 
     @classmethod
     def from_int4_levels(cls, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> "IntDotWeight":
         """q [N, K] in 0..15, scale and zero [N, K / 32] (w = (q - 8) * scale + zero): kept level for level, scale
-        and zero rounded to bf16. Each group's 32 levels go into 16 bytes: byte j holds level j (low nibble) and
-        level j + 16 (high nibble), the order the kernel unpacks them in."""
+        and zero rounded to bf16."""
         n, k = q.shape
         if scale.shape != (n, k // GROUP) or k % GROUP:
             raise StitchError(f"int-dot weights need groups of {GROUP} inputs (this one: {n} x {k} in "
                               f"{scale.shape[-1]} groups)")
-        groups = q.to(torch.uint8).view(n, k // GROUP, 2, GROUP // 2)  # [N, K/32, halves, 16]
-        packed = (groups[:, :, 0] | (groups[:, :, 1] << 4)).reshape(n, k // 2)
-        return cls(packed.contiguous(), scale.bfloat16().contiguous(), zero.bfloat16().contiguous(), 4, k)
+        steps = _interleave(q.to(torch.uint8), 8)  # [N/8, K/32, 8 steps, 32]
+        packed = steps[:, :, :4] | (steps[:, :, 4:] << 4)  # step p low, step p + 4 high: [N/8, K/32, 4, 32]
+        return cls(packed.flatten(1).contiguous(), _interleave_groups(scale.bfloat16()),
+                   _interleave_groups(zero.bfloat16()), 4, n, k)
 
     @classmethod
     def from_int8(cls, q: torch.Tensor, row_scales: torch.Tensor) -> "IntDotWeight":
-        """An int8 weight q [N, K] with one scale per row [N] (models/quantized.Int8Weight)."""
+        """An int8 weight q [N, K] (levels -127..127) with one scale per row [N] (models/quantized.Int8Weight)."""
         n, k = q.shape
-        scales = row_scales.bfloat16()[:, None].expand(n, k // GROUP).contiguous()
-        return cls(q.view(torch.uint8).contiguous(), scales, torch.zeros_like(scales), 8, k)
+        if k % GROUP:
+            raise StitchError(f"int-dot weights need groups of {GROUP} inputs (this one: {n} x {k})")
+        stored = (q.to(torch.int16) + 128).to(torch.uint8)  # unsigned, for the dot-product instructions
+        scales = torch.zeros(_blocks(n) * BLOCK)
+        scales[:n] = row_scales.float()
+        return cls(_interleave(stored, 0x80).flatten(1).contiguous(), scales, torch.empty(0), 8, n, k)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x [M, K] fp32 -> [M, N] fp32."""
-        return torch.ops.stitchllm_int_dot.int_dot_mm(x, self.levels, self.scales, self.zeros, self.bits)
+        n = self.shape[0]
+        return torch.ops.stitchllm_int_dot.int_dot_mm(x, self.levels, self.scales, self.zeros, self.bits, n)
 
     def dense(self) -> torch.Tensor:
         """The weight [N, K] in fp32 as the kernel holds it."""
         n, k = self.shape
+        blocks, groups = _blocks(n), k // GROUP
         if self.bits == 4:
-            packed = self.levels.view(n, k // GROUP, GROUP // 2)  # [N, K/32, 16]
-            values = torch.cat([packed & 15, packed >> 4], -1).float() - 8  # [N, K/32, 32]: levels 0..15, 16..31
+            packed = self.levels.view(blocks, groups, 4, 32)
+            steps = torch.cat([packed & 15, packed >> 4], 2).float() - 8  # [N/8, K/32, 8 steps, 32]
+            scales, zeros = (t.float().view(blocks, groups, BLOCK) for t in (self.scales, self.zeros))
         else:
-            values = self.levels.view(torch.int8).float().view(n, k // GROUP, GROUP)
-        return (values * self.scales.float()[..., None] + self.zeros.float()[..., None]).view(n, k)
+            steps = self.levels.view(blocks, groups, 8, 32).float() - 128
+            scales, zeros = torch.ones(blocks, groups, BLOCK), torch.zeros(blocks, groups, BLOCK)
+        # step s, byte 4j + t: output j, input 4s + t of the group
+        values = steps.view(blocks, groups, 8, BLOCK, 4).permute(0, 3, 1, 2, 4).reshape(blocks, BLOCK, groups, GROUP)
+        w = values * scales.transpose(1, 2)[..., None] + zeros.transpose(1, 2)[..., None]  # [N/8, 8, K/32, 32]
+        w = w.reshape(blocks * BLOCK, k)[:n]
+        return w * self.scales[:n, None] if self.bits == 8 else w
 
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.levels, self.scales, self.zeros))
+
+
+def _blocks(n: int) -> int:
+    return -(-n // BLOCK)
+
+
+def _interleave(levels: torch.Tensor, pad: int) -> torch.Tensor:
+    """levels [N, K] uint8 -> [N/8, K/32, 8, 32]: for each block of 8 outputs and group of 32 inputs, step s holds
+    inputs 4s..4s+3 of every output (byte 4j + t: output j, input t). Missing outputs are padded with `pad`."""
+    n, k = levels.shape
+    padded = torch.full((_blocks(n) * BLOCK, k), pad, dtype=torch.uint8)
+    padded[:n] = levels
+    steps = padded.view(-1, BLOCK, k // GROUP, 8, 4)  # [N/8, output j, group, step s, input t]
+    return steps.permute(0, 2, 3, 1, 4).reshape(-1, k // GROUP, 8, BLOCK * 4)
+
+
+def _interleave_groups(per_group: torch.Tensor) -> torch.Tensor:
+    """[N, K/32] per output and group -> [N/8, K/32, 8]: a group's values for a block's 8 outputs side by side."""
+    n, groups = per_group.shape
+    padded = torch.zeros(_blocks(n) * BLOCK, groups, dtype=per_group.dtype)
+    padded[:n] = per_group
+    return padded.view(-1, BLOCK, groups).transpose(1, 2).contiguous()
