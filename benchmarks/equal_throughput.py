@@ -1,6 +1,6 @@
 """Quality at equal throughput, repeated: policies at one offered load, several Poisson arrival seeds, interleaved.
 
-    .venv/bin/python benchmarks/equal_throughput.py [--fraction 1.25 | --rate R] [--seeds 4] [--first-seed 0]
+    .venv/bin/python benchmarks/equal_throughput.py [--family qwen2.5-coder] [--fraction 1.25 | --rate R] [--seeds 4] [--first-seed 0]
         [--duration 60] [--policies random,whole-model,auto] [--output-tokens 128] [--matmul-dtype auto]
         [--weights fp32] [--slo-ttft 2000] [--slo-tpot 250] [--json]
 
@@ -30,6 +30,7 @@ from stitchllm.bench.driver import run_open_loop
 from stitchllm.bench.report import summarize
 from stitchllm.bench.run import BenchConfig, EngineTarget, heldout_workload
 from stitchllm.bench.workload import poisson_arrivals
+from stitchllm.family.registry import DEFAULT_FAMILY, family_sources
 from stitchllm.routing.catalog import load_catalog
 from stitchllm.routing.controller import LoadController
 from stitchllm.stitch.build import serving_stitches_dir
@@ -52,6 +53,7 @@ def policy_engine(target: EngineTarget, policy: str):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--family", default=DEFAULT_FAMILY)
     ap.add_argument("--fraction", type=float, default=1.25)
     ap.add_argument("--rate", type=float, default=None, help="offered req/s (instead of fraction x capacity)")
     ap.add_argument("--seeds", type=int, default=4)
@@ -69,7 +71,7 @@ def main() -> None:
     cfg = BenchConfig(policies=tuple(args.policies.split(",")), duration=args.duration,
                       output_tokens=args.output_tokens, matmul_dtype=args.matmul_dtype, weights=args.weights,
                       slo_ttft_ms=args.slo_ttft, slo_tpot_ms=args.slo_tpot)
-    catalog = load_catalog(weights=cfg.weights)
+    catalog = load_catalog(*family_sources(args.family), weights=cfg.weights)
     stitch_dir = serving_stitches_dir(catalog.family)
     requests, quality = heldout_workload(catalog, stitch_dir, cfg)
     target = EngineTarget(catalog, stitch_dir, cfg)
