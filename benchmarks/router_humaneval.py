@@ -1,7 +1,7 @@
 """Does the shipped router know which HumanEval problems `small` solves? Its route choices scored by pass@1.
 
-    .venv/bin/python benchmarks/router_humaneval.py [--family qwen2.5-coder] [--samples docs/bench/family/humaneval_chat_164_samples.jsonl]
-        [--weights gguf] [--json]
+    .venv/bin/python benchmarks/router_humaneval.py [--family qwen2.5-coder]
+        [--samples docs/bench/family/humaneval_chat_164_samples.jsonl] [--weights gguf] [--json]
 
 The router is trained to predict each route's loss on text continuations (never on HumanEval). Served on the
 HumanEval workload, what matters is whether the problems it sends to `small` are those `small` solves as well as

@@ -201,7 +201,8 @@ void rows_times_block(const Int8Rows& a, int64_t m0, const Weights& wt, int64_t 
                                            : w[32 * s + byte];
           dot += (stored - (Bits == 4 ? 8 : 128)) * a.q[(m0 + r) * K + g * kGroup + i];
         }
-        sum += Bits == 4 ? static_cast<float>(wt.scales[sg]) * a.d[mg] * dot + static_cast<float>(wt.zeros[sg]) * a.sum[mg]
+        sum += Bits == 4 ? static_cast<float>(wt.scales[sg]) * a.d[mg] * dot +
+                               static_cast<float>(wt.zeros[sg]) * a.sum[mg]
                          : a.d[mg] * dot;
       }
       y[(m0 + r) * wt.N + n0 + j] = Bits == 4 ? sum : sum * wt.row_scales[n0 + j];
