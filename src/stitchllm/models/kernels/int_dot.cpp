@@ -94,7 +94,7 @@ inline __m256i dot_add(__m256i acc, __m256i w, __m256i q) {
   return _mm256_dpbusd_avx_epi32(acc, w, q);
 #else
   // pairs of u8 x s8 products into int16, then pairs of int16 into int32. At most 2 x 15 x 127 for 4-bit levels;
-  // 8-bit ones would saturate (2 x 255 x 127), so those come here signed and sign-moved (see signed_levels).
+  // 8-bit ones would saturate (2 x 255 x 127), so rows_times_block hands those over as |level| and sign-moved q.
   return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w, q), _mm256_set1_epi16(1)));
 #endif
 }
