@@ -1,8 +1,8 @@
 """Quality at equal throughput, repeated: policies at one offered load, several Poisson arrival seeds, interleaved.
 
     .venv/bin/python benchmarks/equal_throughput.py [--family qwen2.5-coder] [--fraction 1.25 | --rate R]
-        [--seeds 4] [--first-seed 0] [--duration 60] [--policies random,whole-model,auto] [--output-tokens 128] [--matmul-dtype auto]
-        [--weights fp32] [--slo-ttft 2000] [--slo-tpot 250] [--json]
+        [--seeds 4] [--first-seed 0] [--duration 60] [--policies random,whole-model,auto] [--output-tokens 128]
+        [--matmul-dtype auto] [--weights fp32] [--slo-ttft 2000] [--slo-tpot 250] [--json]
 
 `stitchllm bench` runs each rate once, with one arrival seed; near the large model's capacity one 60 s window
 decides which policy served more requests on `large` by a few percent, within the run-to-run spread. This runs

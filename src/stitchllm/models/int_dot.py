@@ -45,9 +45,9 @@ def int_dot_available() -> bool:
 
 
 class IntDotWeight:
-    """A weight [N, K] as levels [ceil(N / 8), K * bits] uint8 in the kernel's interleaved layout (8
-    outputs a block, see kernels/int_dot.cpp), with bf16 scales and zeros [ceil(N / 8), K / 32, 8] (4 bits) or
-    fp32 scales per output [ceil(N / 8) * 8] (8 bits)."""
+    """A weight [N, K] as levels [ceil(N / 8), K * bits] uint8 in the kernel's interleaved layout (8 outputs a
+    block, see kernels/int_dot.cpp), with bf16 scales and zeros [ceil(N / 8), K / 32, 8] (4 bits) or fp32 scales
+    per output [ceil(N / 8) * 8] (8 bits)."""
 
     act_dtype = torch.float32  # the kernel rounds activations itself: it takes and returns fp32
 
