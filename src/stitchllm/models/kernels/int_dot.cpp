@@ -160,15 +160,18 @@ void rows_times_block(const Int8Rows& a, int64_t m0, const Weights& wt, int64_t 
         dot[r][s & 1] = dot_add(dot[r][s & 1], w_s, q);
       }
     }
+    // the group's scales and zeros for the block's 8 outputs, read once for every row of the tile
     const int64_t sg = (b * groups + g) * kBlock;
+    const __m256 scale = Bits == 4 ? load_bf16x8(wt.scales + sg) : _mm256_setzero_ps();
+    const __m256 zero = Bits == 4 ? load_bf16x8(wt.zeros + sg) : _mm256_setzero_ps();
     for (int r = 0; r < Rows; ++r) {
       const int64_t mg = (m0 + r) * groups + g;
       __m256i total = _mm256_add_epi32(dot[r][0], dot[r][1]);
       if constexpr (offset != 0) total = _mm256_sub_epi32(total, _mm256_set1_epi32(offset * a.qsum[mg]));
       const __m256 d = _mm256_set1_ps(a.d[mg]);
       if constexpr (Bits == 4) {
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_mul_ps(load_bf16x8(wt.scales + sg), d), acc[r]);
-        acc[r] = _mm256_fmadd_ps(load_bf16x8(wt.zeros + sg), _mm256_set1_ps(a.sum[mg]), acc[r]);
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_mul_ps(scale, d), acc[r]);
+        acc[r] = _mm256_fmadd_ps(zero, _mm256_set1_ps(a.sum[mg]), acc[r]);
       } else {
         acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), d, acc[r]);
       }
