@@ -4,11 +4,13 @@
         [--rounds 3] [--threads T] [--json out]
 
 Per shape (N x K) and row count M: GFLOP/s and the effective GB/s of weight bytes read (the weight's stored size /
-time) for oneDNN packed fp32 and bf16 (models/linear.py), int8 per-row weights and int4 per-group weights (groups of
-32/64/128) with bf16 activations (models/quantized.py), and both with fp32 activations ("f32x", one row only: a
-scalar loop). Random weights: speed does not depend on the values. Each cell runs for --seconds in --rounds
-interleaved with the other formats (best round kept); the vocabulary-wide head only at --head-rows. Compare columns
-within one run: on a shared machine absolute numbers drift, ratios much less.
+time) for oneDNN packed fp32 and bf16 (models/linear.py), the GGUF levels' integer dot-product kernel
+(models/int_dot.py: 4-bit levels, groups of 32; "amx": batches of 16 rows or more on AMX tiles, where the CPU has
+them), int8 per-row weights and int4 per-group weights (groups of 32/64/128) with bf16 activations
+(models/quantized.py), and both with fp32 activations ("f32x", one row only: a scalar loop). Random weights:
+speed does not depend on the values. Each cell runs for --seconds in --rounds interleaved with the other formats
+(best round kept); the vocabulary-wide head only at --head-rows. Compare columns within one run: on a shared
+machine absolute numbers drift, ratios much less.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 
 from stitchllm.models.cpu import cpu_features
+from stitchllm.models.int_dot import IntDotWeight, int_dot_available
 from stitchllm.models.quantized import Int4Weight, Int8Weight
 
 SHAPES = {"qkv": (2048, 1536), "o_proj": (1536, 1536), "gate_up": (17920, 1536), "down": (1536, 8960),
@@ -54,6 +57,15 @@ def formats(w: torch.Tensor):
     if features.int8_weights:
         yield "int8 f32x", n * k + n * 4, 1, lambda: quantised(Int8Weight(w, fp32))
         yield "int8", n * k + n * 2, every, lambda: quantised(Int8Weight(w))
+    if int_dot_available():  # the GGUF levels' kernel: random levels, groups of 32, fp32 activations
+        def int_dot(amx):
+            levels = torch.randint(0, 16, (n, k))
+            weight = IntDotWeight.from_int4_levels(levels, torch.rand(n, k // 32) * 1e-3, torch.zeros(n, k // 32))
+            return lambda x: weight.matmul(x, amx=amx)
+
+        yield "q4 int-dot", n * k // 2 + n * k // 32 * 4, every, lambda: int_dot(False)
+        if torch.ops.stitchllm_int_dot.int_dot_amx():
+            yield "q4 int-dot amx", n * k // 2 + n * k // 32 * 4, every, lambda: int_dot(True)
     if features.int4_weights:
         yield "int4 g128 f32x", n * k // 2 + n * k // 128 * 8, 1, lambda: quantised(Int4Weight(w, 128, fp32))
         for g in (32, 64, 128):

@@ -37,8 +37,9 @@ def test_int4_kernel_is_exact_for_its_rounded_activations(rows):
     # the levels meet the rounded activations; the zeros meet the exact ones (their sum is taken before rounding)
     levels_part = rounded(x) @ ((q.float() - 8).view(37, 3, GROUP) * scale.bfloat16().float()[..., None]).view(37, 96).T
     zeros_part = x.view(rows, 3, GROUP).sum(-1) @ zero.bfloat16().float().T
-    torch.testing.assert_close(weight.matmul(x), levels_part + zeros_part, rtol=1e-5, atol=1e-5)
-    assert ((weight.matmul(x) - x @ w.T).norm() / (x @ w.T).norm()).item() < 1e-2  # fp32 activations
+    y = weight.matmul(x, amx=False)  # the vector kernel, whatever the batch
+    torch.testing.assert_close(y, levels_part + zeros_part, rtol=1e-5, atol=1e-5)
+    assert ((y - x @ w.T).norm() / (x @ w.T).norm()).item() < 1e-2  # fp32 activations
 
 
 @pytest.mark.parametrize("rows", [1, 4, 7])
@@ -47,7 +48,40 @@ def test_int8_kernel_is_exact_for_its_rounded_activations(rows):
     weight = IntDotWeight.from_int8(rows_weight.q, rows_weight.scales)
     torch.testing.assert_close(weight.dense(), rows_weight.dense(), rtol=0, atol=0)
     x = torch.randn(rows, 64)
-    torch.testing.assert_close(weight.matmul(x), rounded(x) @ rows_weight.dense().T, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(weight.matmul(x, amx=False), rounded(x) @ rows_weight.dense().T, rtol=1e-5, atol=1e-5)
+
+
+amx = pytest.mark.skipif(not int_dot_available() or not torch.ops.stitchllm_int_dot.int_dot_amx(),
+                         reason="no AMX tiles on this CPU")
+
+
+@amx
+@pytest.mark.parametrize("rows", [16, 33, 64, 100])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_amx_batches_multiply_the_weights_in_bf16(rows, bits):
+    """From 16 rows the kernel de-quantises into bf16 tiles: it then computes what bf16 weights and activations give,
+    and tracks fp32 twice as closely as int8 activations do."""
+    if bits == 4:
+        weight, *_ = int4_weight(40, 1536, seed=rows)  # 5 blocks of 8 outputs: the last tile of 16 half empty
+    else:
+        rows_weight = Int8Weight(torch.randn(40, 1536) * 0.05)
+        weight = IntDotWeight.from_int8(rows_weight.q, rows_weight.scales)
+    x, w = torch.randn(rows, 1536), weight.dense()
+    y = weight.matmul(x)
+    bf16 = x.bfloat16().float() @ w.bfloat16().float().T
+    torch.testing.assert_close(y, bf16, rtol=1e-4, atol=1e-4 * bf16.abs().max().item())
+    exact = x @ w.T
+    assert ((y - exact).norm() / exact.norm()).item() < 4e-3
+    vector = weight.matmul(x, amx=False)
+    assert ((vector - exact).norm() / exact.norm()).item() > ((y - exact).norm() / exact.norm()).item()
+
+
+@amx
+@pytest.mark.parametrize("rows", [1, 4, 15])
+def test_amx_leaves_small_batches_to_the_vector_kernel(rows):
+    weight, *_ = int4_weight(40, 256)
+    x = torch.randn(rows, 256)
+    assert torch.equal(weight.matmul(x), weight.matmul(x, amx=False))
 
 
 def test_int4_weight_keeps_every_level():
@@ -82,3 +116,19 @@ def test_kernel_rejects_bad_input():
 def test_switched_off_by_environment(monkeypatch):
     monkeypatch.setenv(int_dot.DISABLE_ENV, "0")
     assert int_dot.int_dot_available.__wrapped__() is False
+
+
+def test_amx_switched_off_by_environment(monkeypatch):
+    monkeypatch.setenv(int_dot.AMX_ENV, "0")
+    assert int_dot.amx_allowed.__wrapped__() is False
+
+
+def test_describe_names_the_kernel_in_use(monkeypatch):
+    assert torch.ops.stitchllm_int_dot.int_dot_isa() in int_dot.describe()
+    monkeypatch.setenv(int_dot.AMX_ENV, "0")
+    int_dot.amx_allowed.cache_clear()
+    try:
+        assert "AMX" not in int_dot.describe()
+    finally:
+        monkeypatch.undo()
+        int_dot.amx_allowed.cache_clear()

@@ -507,6 +507,7 @@ def serve(
     from stitchllm.engine.async_engine import AsyncEngine
     from stitchllm.engine.build import build_engine
     from stitchllm.engine.config import EngineConfig
+    from stitchllm.models import int_dot
     from stitchllm.routing.controller import SLOConfig
     from stitchllm.server.app import create_app
 
@@ -517,8 +518,9 @@ def serve(
     engine = AsyncEngine.build(lambda: build_engine(config, model, small, stitches))  # tensors on its thread only
     llm = engine.engine
     app = create_app(engine, llm.catalog.family.tokenizer, api_key)
+    kernel = f" ({int_dot.describe()})" if llm.weights == "gguf" else ""
     print(f"serving routes {', '.join(llm.route_names)} (policy {llm.config.policy}, {llm.matmul_dtype} matmuls, "
-          f"{llm.weights} weights, "
+          f"{llm.weights} weights{kernel}, "
           f"{llm.kv.capacity['large']} sequences of {max_model_len} tokens) "
           f"on http://{host}:{port}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)

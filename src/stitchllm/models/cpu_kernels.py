@@ -32,8 +32,8 @@ def cpu_tag() -> str:
     return f"{platform.machine()}-{digest[:12]}"
 
 
-def build_kernel(name: str, source: str, purpose: str, fallback: str) -> bool:
-    """Compile (once) and load kernels/`source` as the torch.ops library it registers; False, with one line on
+def build_kernel(name: str, sources: list[str], purpose: str, fallback: str) -> bool:
+    """Compile (once) and load kernels/`sources` as the torch.ops library they register; False, with one line on
     stderr ("`purpose` kernel unavailable (why); `fallback`"), where it cannot be built."""
     from torch.utils import cpp_extension
 
@@ -42,8 +42,8 @@ def build_kernel(name: str, source: str, purpose: str, fallback: str) -> bool:
     try:
         if not any(build_dir.glob("*.so")):
             print(f"stitchllm: building the {purpose} kernel for this CPU (once, ~10-60 s)", file=sys.stderr)
-        cpp_extension.load(name, [str(KERNELS / source)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
-                           build_directory=str(build_dir), is_python_module=False)
+        cpp_extension.load(name, [str(KERNELS / source) for source in sources], extra_cflags=FLAGS,
+                           extra_ldflags=["-fopenmp"], build_directory=str(build_dir), is_python_module=False)
     except Exception as exc:  # the model still runs, only slower
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"stitchllm: {purpose} kernel unavailable ({reason}); {fallback}", file=sys.stderr)

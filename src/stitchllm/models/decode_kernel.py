@@ -22,6 +22,7 @@ def decode_attention_kernel() -> Callable[..., torch.Tensor] | None:
     """torch.ops.stitchllm.decode_attention(q, k_cache, v_cache, slots, lengths, scale), or None if unavailable."""
     if os.environ.get("STITCHLLM_DECODE_KERNEL", "1") == "0":
         return None
-    if not build_kernel("stitchllm_decode_attention", "decode_attention.cpp", "decode-attention", "using PyTorch SDPA"):
+    if not build_kernel("stitchllm_decode_attention", ["decode_attention.cpp"], "decode-attention",
+                        "using PyTorch SDPA"):
         return None
     return torch.ops.stitchllm.decode_attention

@@ -19,11 +19,14 @@
 // An activation is x ~ d * q with q in -127..127 and one d per row and group. Per output and group:
 //   sum_i w_i x_i ~ scale * d * (sum_i stored_i q_i - offset * sum_i q_i) + zero * sum_i x_i,
 // the last sum exact. Registered as torch.ops.stitchllm_int_dot.int_dot_mm (built by models/cpu_kernels.py).
+// Batches of kAmxMinRows rows or more go to AMX tiles instead, where the CPU and the OS have them
+// (kernels/int_dot_amx.cpp: the same weights, de-quantised into bf16 tiles in cache).
+
+#include "int_dot.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <c10/util/BFloat16.h>
 #include <torch/library.h>
 #include <immintrin.h>
 
@@ -34,12 +37,16 @@
 #include <string>
 #include <vector>
 
+namespace stitchllm_int_dot {
+
 namespace {
 
-constexpr int64_t kGroup = 32;
-constexpr int64_t kBlock = 8;     // outputs interleaved in one vector
 constexpr int64_t kRowTile = 4;   // activation rows that share one unpacked group of weights
 constexpr int64_t kPrefetchBytes = 8192;  // how far ahead of the levels in use to fetch while streaming them
+// From this many rows (one tile) a matmul goes to AMX tiles where there are some (kernels/int_dot_amx.cpp): at 16
+// rows the tiles win by 10-20% on the family's shapes, at 12 they lose by 7-20% (benchmarks/weight_formats.py,
+// session 29).
+constexpr int64_t kAmxMinRows = 16;
 
 // Activations [M, K] rounded to int8 per group: x ~ d * q.
 struct Int8Rows {
@@ -75,15 +82,6 @@ Int8Rows quantize_rows(const float* x, int64_t M, int64_t K) {
   });
   return r;
 }
-
-// The weights and output of one matmul, as the kernel reads them.
-struct Weights {
-  const uint8_t* levels;       // [N/8, K/32, 32 * bits]
-  const c10::BFloat16* scales;  // 4 bits: [N/8, K/32, 8]
-  const c10::BFloat16* zeros;   // 4 bits: [N/8, K/32, 8]
-  const float* row_scales;      // 8 bits: [N/8 * 8]
-  int64_t K, N;
-};
 
 #if defined(__AVX2__)
 // acc + per lane the sum of 4 products stored_i * q_i: `w` unsigned, `q` signed (4 activations in every lane).
@@ -230,7 +228,7 @@ void rows_times_blocks(const Int8Rows& a, int64_t M, const Weights& wt, int64_t 
 }
 
 at::Tensor int_dot_mm(const at::Tensor& x, const at::Tensor& levels, const at::Tensor& scales,
-                      const at::Tensor& zeros, int64_t bits, int64_t n) {
+                      const at::Tensor& zeros, int64_t bits, int64_t n, bool amx) {
   TORCH_CHECK(bits == 4 || bits == 8, "int_dot_mm: bits must be 4 or 8");
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "int_dot_mm: x must be [M, K] fp32");
   const int64_t M = x.size(0), K = x.size(1), blocks = (n + kBlock - 1) / kBlock;
@@ -248,7 +246,6 @@ at::Tensor int_dot_mm(const at::Tensor& x, const at::Tensor& levels, const at::T
                 "int_dot_mm: 8-bit scales must be [ceil(N / 8) * 8] fp32");
   }
   at::Tensor y = at::empty({M, n}, x.options());
-  const Int8Rows a = quantize_rows(x.data_ptr<float>(), M, K);
   Weights wt{levels.data_ptr<uint8_t>(), nullptr, nullptr, nullptr, K, n};
   if (bits == 4) {
     wt.scales = scales.data_ptr<c10::BFloat16>();
@@ -257,6 +254,11 @@ at::Tensor int_dot_mm(const at::Tensor& x, const at::Tensor& levels, const at::T
     wt.row_scales = scales.data_ptr<float>();
   }
   float* out = y.data_ptr<float>();
+  if (amx && M >= kAmxMinRows && amx_ready()) {
+    amx_matmul(x, wt, bits, out);
+    return y;
+  }
+  const Int8Rows a = quantize_rows(x.data_ptr<float>(), M, K);
   // blocks of outputs split across threads: every thread reads only its own part of the weight, once
   at::parallel_for(0, blocks, 4, [&](int64_t b0, int64_t b1) {
     if (bits == 4)
@@ -281,10 +283,14 @@ std::string int_dot_isa() {
 }
 
 }  // namespace
+}  // namespace stitchllm_int_dot
 
 TORCH_LIBRARY(stitchllm_int_dot, m) {
-  m.def("int_dot_mm(Tensor x, Tensor levels, Tensor scales, Tensor zeros, int bits, int n) -> Tensor");
-  m.def("int_dot_isa() -> str", &int_dot_isa);  // no tensor to dispatch on: one kernel for every backend
+  // amx=False keeps a batch on the vector kernel, to compare the two
+  m.def("int_dot_mm(Tensor x, Tensor levels, Tensor scales, Tensor zeros, int bits, int n, bool amx=True) -> Tensor");
+  // no tensor to dispatch on: one kernel for every backend
+  m.def("int_dot_isa() -> str", &stitchllm_int_dot::int_dot_isa);
+  m.def("int_dot_amx() -> bool", &stitchllm_int_dot::amx_ready);
 }
 
-TORCH_LIBRARY_IMPL(stitchllm_int_dot, CPU, m) { m.impl("int_dot_mm", int_dot_mm); }
+TORCH_LIBRARY_IMPL(stitchllm_int_dot, CPU, m) { m.impl("int_dot_mm", stitchllm_int_dot::int_dot_mm); }
