@@ -60,7 +60,7 @@ amx = pytest.mark.skipif(not int_dot_available() or not torch.ops.stitchllm_int_
 @pytest.mark.parametrize("bits", [4, 8])
 def test_amx_batches_multiply_the_weights_in_bf16(rows, bits):
     """From 16 rows the kernel de-quantises into bf16 tiles: it then computes what bf16 weights and activations give,
-    and tracks fp32 twice as closely as int8 activations do."""
+    and tracks fp32 more closely than int8 activations do (~2.4e-3 against ~5e-3)."""
     if bits == 4:
         weight, *_ = int4_weight(40, 1536, seed=rows)  # 5 blocks of 8 outputs: the last tile of 16 half empty
     else:
