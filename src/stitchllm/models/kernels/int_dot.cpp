@@ -46,7 +46,7 @@ constexpr int64_t kPrefetchBytes = 8192;  // how far ahead of the levels in use 
 // From this many rows (one tile) a matmul goes to AMX tiles where there are some (kernels/int_dot_amx.cpp): at 16
 // rows the tiles win by 10-20% on the family's shapes, at 12 they lose by 7-20% (benchmarks/weight_formats.py,
 // session 29).
-constexpr int64_t kAmxMinRows = 16;
+constexpr int64_t kAmxMinRows = kAmxRows;
 
 // Activations [M, K] rounded to int8 per group: x ~ d * q.
 struct Int8Rows {
