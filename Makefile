@@ -30,7 +30,7 @@ run: family
 smollm2: install
 	$(VENV)/bin/stitchllm family derive
 	$(VENV)/bin/stitchllm stitch build --family smollm2
-	$(VENV)/bin/stitchllm router train --family smollm2
+	$(VENV)/bin/stitchllm router train --family smollm2 --target text
 
 test: install
 	$(PY) -m pytest tests -rs

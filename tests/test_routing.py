@@ -180,11 +180,11 @@ def test_router_train_and_eval_commands(tiny_catalog, tiny_parent_dir, tiny_sibl
         return subprocess.run([sys.executable, "-m", "stitchllm.cli", *args, *members], capture_output=True,
                               text=True, timeout=600, env=env)
 
-    train = cli("router", "train", "--requests", "48", "--matmul-dtype", "float32")
+    train = cli("router", "train", "--target", "text", "--requests", "48", "--matmul-dtype", "float32")
     assert train.returncode == 0, train.stderr[-2000:]
     manifest = json.loads(next((tmp_path / "home" / "routers").glob("*/router.json")).read_text())
     assert manifest["recipe"]["text"] == "docs+code" and manifest["recipe"]["matmul_dtype"] == "float32"
-    again = cli("router", "train", "--requests", "48", "--matmul-dtype", "float32")
+    again = cli("router", "train", "--target", "text", "--requests", "48", "--matmul-dtype", "float32")
     assert again.returncode == 0 and "is up to date" in again.stdout
     text = tmp_path / "heldout.txt"
     text.write_text(" ".join(f"Request {i} asks the router which route serves it best." for i in range(300)))

@@ -399,33 +399,48 @@ def _stitch_dir(catalog, stitches):
 
 @router_app.command("train")
 def router_train(
-    requests: Annotated[int, typer.Option(help="Calibration requests to label.")] = 384,
+    target: Annotated[str, typer.Option(help="task: P(answer fails its tests) on code problems that are not HumanEval "
+                                             "(small and large); text: per-token KL on docstrings and source code, "
+                                             "every route.")] = "task",
+    requests: Annotated[int, typer.Option(help="text: calibration requests to label.")] = 384,
     matmul_dtype: MatmulDtypeOpt = "auto",
     family: FamilyOpt = None,
     model: ModelOpt = None,
     small: SmallOpt = None,
     stitches: StitchesOpt = None,
 ) -> None:
-    """Label calibration requests (docstrings and source code of the train split) with every route's loss, fit the
-    router MLP, calibrate thresholds (cached)."""
+    """Label training prompts with every covered route's quality, fit the router, calibrate thresholds (cached).
+    task: the code problems' outcomes are cached on disk, so a rerun only fits."""
     model, small = _members(family, model, small)
     from dataclasses import asdict
 
     from stitchllm.engine.build import own_router_dir, router_dir_for
     from stitchllm.models.linear import dtype_name, resolve_matmul_dtype
     from stitchllm.routing.catalog import load_catalog
-    from stitchllm.routing.router_model import ROUTER_MANIFEST
+    from stitchllm.routing.router_model import ROUTER_MANIFEST, TARGETS
     from stitchllm.routing.router_train import RouterTrainConfig, train_router
+    from stitchllm.routing.task_router import TaskRouterConfig, train_task_router
 
+    if target not in TARGETS:
+        raise StitchError(f"--target must be one of {', '.join(TARGETS)}, got {target!r}")
     # the precision is checked and named before any model loads; the recipe records what ran
-    cfg = RouterTrainConfig(requests=requests, matmul_dtype=dtype_name(resolve_matmul_dtype(matmul_dtype)))
-    catalog = load_catalog(model, small, stitches, require_stitches=True)
+    dtype = dtype_name(resolve_matmul_dtype(matmul_dtype))
+    cfg = TaskRouterConfig(matmul_dtype=dtype) if target == "task" else \
+        RouterTrainConfig(requests=requests, matmul_dtype=dtype)
+    weights = cfg.weights if target == "task" else "fp32"
+    catalog = load_catalog(model, small, stitches, require_stitches=True, weights=weights)
     stitch_dir = _stitch_dir(catalog, stitches)
     existing = router_dir_for(stitch_dir) / ROUTER_MANIFEST
-    if existing.is_file() and json.loads(existing.read_text()).get("recipe") == asdict(cfg):
+    if existing.is_file() and json.loads(existing.read_text()).get("recipe") == json.loads(json.dumps(asdict(cfg))):
         print(f"router at {existing.parent} is up to date")
         return
     out = own_router_dir(stitch_dir)
+    if target == "task":
+        manifest = train_task_router(catalog, stitch_dir, cfg, out)
+        fit = manifest["fit"]
+        print(f"router at {out}: {fit['problems']} code problems, pass rate "
+              + ", ".join(f"{r} {v:.1%}" for r, v in fit["pass_rate"].items()) + f", {manifest['seconds']:.0f} s")
+        return
     manifest = train_router(catalog, stitch_dir, cfg, out)
     fit = manifest["fit"]
     print(f"router at {out}: MSE train {fit['train_mse']:.4f} / validation {fit['val_mse']:.4f} "
@@ -458,6 +473,9 @@ def router_eval(
 
     catalog = load_catalog(model, small, stitches, require_stitches=True)
     router, manifest = load_router_for(catalog, _stitch_dir(catalog, stitches))
+    if router.target != "text":
+        raise StitchError("router eval scores a text router (`router train --target text`); a task router is scored "
+                          "on HumanEval's outcomes by benchmarks/router_humaneval.py")
     cfg = RouterTrainConfig(**manifest["recipe"])  # label as the router's own requests were labelled
     ids = torch.tensor(catalog.family.tokenizer(read_text(text), add_special_tokens=False)["input_ids"])
     span = cfg.prompt_len + cfg.cont_len
@@ -492,6 +510,9 @@ def serve(
              "--max-num-seqs) are the ones served at once.")] = 2048.0,
     slo_ttft_ms: Annotated[float, typer.Option(help="TTFT target for the load controller.")] = 2000.0,
     slo_tpot_ms: Annotated[float, typer.Option(help="Time-per-output-token target for the load controller.")] = 200.0,
+    min_cost: Annotated[float, typer.Option(
+        help="auto's quality floor: never route cheaper than this average cost per token (relative to large), "
+             "however high the load.")] = 0.4,
     api_key: Annotated[Optional[str], typer.Option(envvar="STITCHLLM_API_KEY", help="Require this bearer key on /v1.")] = None,
     matmul_dtype: MatmulDtypeOpt = "auto",
     weights: WeightsOpt = "auto",
@@ -513,7 +534,8 @@ def serve(
 
     config = EngineConfig(max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                           max_num_batched_tokens=max_num_batched_tokens, kv_budget_mb=kv_budget_mb, policy=policy,
-                          slo=SLOConfig(ttft_ms=slo_ttft_ms, tpot_ms=slo_tpot_ms), matmul_dtype=matmul_dtype,
+                          slo=SLOConfig(ttft_ms=slo_ttft_ms, tpot_ms=slo_tpot_ms, min_cost=min_cost),
+                          matmul_dtype=matmul_dtype,
                           weights=weights)  # checks both names, before any model loads
     engine = AsyncEngine.build(lambda: build_engine(config, model, small, stitches))  # tensors on its thread only
     llm = engine.engine
@@ -583,6 +605,9 @@ def bench(
     peer_batch: Annotated[int, typer.Option(help="Static batch of transformers generate.")] = 32,
     slo_ttft: Annotated[float, typer.Option("--slo-ttft", help="TTFT SLO, ms.")] = 2000.0,
     slo_tpot: Annotated[float, typer.Option("--slo-tpot", help="TPOT SLO, ms.")] = 250.0,
+    min_cost: Annotated[float, typer.Option(
+        help="auto's quality floor: never route cheaper than this average cost per token (relative to large), "
+             "however high the load.")] = 0.4,
     text: Annotated[Optional[str], typer.Option(help="Prompt text (default: the held-out corpus split).")] = None,
     plot: Annotated[Optional[str], typer.Option(help="Directory for PNG plots.")] = None,
     peers: Annotated[bool, typer.Option(help="Also measure transformers generate (and llama.cpp if installed).")]
@@ -637,7 +662,7 @@ def bench(
                       rates=_rates(rates if rates is not None else "0.5,1,2"), sweep=sweep, duration=duration,
                       saturation_duration=saturation_duration,
                       prompt_tokens=prompt_tokens, output_tokens=output_tokens, concurrency=concurrency,
-                      peer_batch=peer_batch, slo_ttft_ms=slo_ttft, slo_tpot_ms=slo_tpot,
+                      peer_batch=peer_batch, slo_ttft_ms=slo_ttft, slo_tpot_ms=slo_tpot, min_cost=min_cost,
                       num_requests=min(256, max(8, len(ids) // 100)), peers=peers, matmul_dtype=matmul_dtype,
                       weights=weights, workload=workload, prompt_format=prompt_format)
     report = run_bench(catalog, stitch_dir, ids, cfg, model_gguf(model), target)

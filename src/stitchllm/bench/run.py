@@ -43,6 +43,7 @@ class BenchConfig:
     peer_batch: int = 32  # transformers generate's static batch
     slo_ttft_ms: float = 2000.0
     slo_tpot_ms: float = 250.0
+    min_cost: float = 0.4  # auto's quality floor (SLOConfig.min_cost)
     static_cost: float = 0.7
     num_requests: int = 256
     seed: int = 0
@@ -72,7 +73,8 @@ class EngineTarget:
         config = EngineConfig(max_model_len=cfg.prompt_tokens + cfg.output_tokens + 8, max_num_seqs=cfg.concurrency,
                               max_num_batched_tokens=max(512, cfg.prompt_tokens),
                               policy=POLICY_ALIASES.get(policy, policy), static_cost=cfg.static_cost,
-                              slo=SLOConfig(ttft_ms=cfg.slo_ttft_ms, tpot_ms=cfg.slo_tpot_ms, dwell_s=1.0),
+                              slo=SLOConfig(ttft_ms=cfg.slo_ttft_ms, tpot_ms=cfg.slo_tpot_ms, dwell_s=1.0,
+                                            min_cost=cfg.min_cost),
                               matmul_dtype=cfg.matmul_dtype, weights=cfg.weights)
         return engine_from_catalog(self.catalog, self.stitch_dir, config)
 

@@ -65,6 +65,7 @@ class ModelRunner:
     def __init__(self, catalog: RouteCatalog, router: RouterMLP | None, slots: dict[str, int], max_model_len: int,
                  bottom_blocks: int):
         self.catalog, self.router = catalog, router
+        self.route_names = [r.name for r in catalog.routes]  # the order of every predicted-loss list
         fam = catalog.family
         self.models = {"large": fam.large, "small": fam.small}
         self.caches = {m: self.models[m].new_cache(n, max_model_len) for m, n in slots.items() if n > 0}
@@ -109,7 +110,7 @@ class ModelRunner:
                 if it.last_chunk and self.router is not None:
                     states = torch.cat(self.bottom_states[it.request_id])
                     feats = pool_features(states, [len(states)])
-                    out.predicted_loss[it.request_id] = self.router(feats)[0].tolist()
+                    out.predicted_loss[it.request_id] = self.router.losses_for(feats, self.route_names)[0].tolist()
             elif it.route != "large":
                 stitch = self.catalog.executor.stitch(*self.catalog.route(it.route).stitches[0])
                 s = _Climb(it, stitch.entry, small.config.num_layers, stitch(c.hidden), stitch.adapters)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from stitchllm.errors import StitchError
+
 
 @dataclass(frozen=True, slots=True)
 class SLOConfig:
@@ -18,7 +20,8 @@ class SLOConfig:
     # target, where a fixed 21% on `large` met every SLO (docs/history/BENCHMARKS-smollm2.md, session 20)
     step: float = 0.1  # change of the feedback correction per adjustment
     band: float = 0.05  # the planned cost must move by more than this before the target follows it
-    min_cost: float = 0.4  # never cheaper than this on average
+    min_cost: float = 0.4  # the quality floor: never cheaper than this on average, however high the load (an
+    # operator's bound on how much quality overload may cost; at it, latency rather than quality gives way)
     dwell_s: float = 2.0  # least time between two adjustments (shedding when demand jumps does not wait)
     calm_s: float = 10.0  # the feedback gives quality beyond the plan only after pressure stayed below `low` this
     # long, and at least a request's lifetime (LoadSignal.request_life_s): latency lags a cut in cost by the time
@@ -28,6 +31,11 @@ class SLOConfig:
     max_slot_fill: float = 0.85  # nor for more of the engine's sequence slots in flight than this: a step that
     # meets the TPOT target can still be too slow to turn the slots over (LoadSignal.slot_step_s), and then
     # arrivals wait for a slot and miss the TTFT target (docs/history/BENCHMARKS-smollm2.md, session 21)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.min_cost <= 1.0:
+            raise StitchError(f"min_cost must be in (0, 1] (relative cost per token; 1 = always large), "
+                              f"got {self.min_cost}")
 
 
 @dataclass

@@ -98,10 +98,11 @@ def fit_router(data: RouterDataset, cfg: RouterTrainConfig) -> tuple[RouterMLP, 
     return router, best
 
 
-def threshold_table(router: RouterMLP, data: RouterDataset) -> dict[str, list[list[float]]]:
-    """Per threshold policy, [target cost, threshold] pairs calibrated on the training requests (as RouteLLM
-    calibrates a threshold for a target share of strong-model calls)."""
-    batch = RoutingBatch(data.route_names, data.costs, predicted_loss=router(data.features))
+def threshold_table(router: RouterMLP, features: torch.Tensor, costs: list[float]) -> dict[str, list[list[float]]]:
+    """Per threshold policy, [target cost, threshold] pairs calibrated on the training requests' features [N, F]
+    (as RouteLLM calibrates a threshold for a target share of strong-model calls); `costs` per router route."""
+    with torch.no_grad():
+        batch = RoutingBatch(router.route_names, costs, predicted_loss=router(features))
     return {name: [[c, calibrate(make_policy(name), batch, c)] for c in TARGET_COSTS]
             for name in ("router", "whole-model")}
 
@@ -119,7 +120,7 @@ def train_router(catalog: RouteCatalog, stitch_dir: Path, cfg: RouterTrainConfig
         "recipe": asdict(cfg),
         "fit": fit,
         "costs": data.costs,
-        "thresholds": threshold_table(router, data),
+        "thresholds": threshold_table(router, data.features, data.costs),
         "flops_per_prediction": router.flops(),
         "seconds": round(time.perf_counter() - started, 1),
     }
