@@ -40,13 +40,9 @@ class RouterMLP(nn.Module):
             [nn.Linear(num_features, len(route_names))]
         self.net = nn.Sequential(*layers)
 
-    def scores(self, features: torch.Tensor) -> torch.Tensor:
-        """features [B, F] -> [B, R] before the output function (logits, for a task router's fit)."""
-        return self.net((features - self.mean) / self.std)
-
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features [B, F] -> predicted loss [B, R] (>= 0; the large route is 0 by definition)."""
-        raw = self.scores(features)
+        raw = self.net((features - self.mean) / self.std)
         out = torch.sigmoid(raw) if self.target == "task" else nn.functional.softplus(raw)
         if "large" in self.route_names:
             out = out.clone()
