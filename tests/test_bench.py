@@ -144,10 +144,42 @@ def test_sweep_rates_span_the_large_models_capacity(tiny_catalog, tmp_path, monk
     catalog, stitch_dir, _, _ = tiny_catalog
     monkeypatch.setenv("STITCHLLM_HOME", str(tmp_path))
     cfg = BenchConfig(policies=("large",), sweep=True, duration=0.5, saturation_duration=2, prompt_tokens=16,
-                      output_tokens=4, concurrency=4, num_requests=8, peers=False)
+                      output_tokens=4, concurrency=4, num_requests=8, peers=False, repeats=2)
     report = run_bench(catalog, stitch_dir, torch.arange(3, 400), cfg)
     rates = list(sweep_rates(report["saturation_detail"]))
     assert report["config"]["rates"] == [r["rate"] for r in report["results"]] == rates and rates[0] > 0
+    # two rounds of saturation; the headline is their mean steady rate
+    steady = [r["steady_tok_s"] for r in report["saturation_detail"]]
+    assert [r["repeat"] for r in report["saturation_detail"]] == [0, 1] and min(steady) > 0
+    assert report["saturation"]["large"] == pytest.approx(sum(steady) / 2)
+
+
+def test_steady_rate_counts_the_window_not_the_drain():
+    from stitchllm.bench.driver import Record
+    from stitchllm.bench.report import paired_with_large, steady_tok_s
+    from stitchllm.bench.workload import BenchRequest
+
+    req = BenchRequest(0, [1, 2], [])
+    records = [Record(req, 100.0, [100.5, 101.0, 101.5, 102.5]),  # 3 tokens within 2 s of the first arrival
+               Record(req, 101.0, [101.2, 103.0]),  # 1
+               Record(req, 101.5, [], error="HTTP 503"),  # failed: counts nothing
+               Record(req, 101.0, [101.9, 106.0], output_tokens=8)]  # HTTP chunks: each stamp is 4 tokens
+    assert steady_tok_s(records, 2.0) == pytest.approx((3 + 1 + 4) / 2.0)
+    rows = [{"policy": "large", "problem_pass": {"0": 1.0, "1": 0.0, "2": 1.0}},
+            {"policy": "large", "problem_pass": {"0": 0.0}},
+            {"policy": "auto", "problem_pass": {"1": 1.0, "2": 1.0, "3": 0.0}}]
+    assert paired_with_large(rows, "auto") == {"paired_problems": 2, "paired_pass_at_1": 1.0,
+                                               "paired_large_pass_at_1": 0.5}
+    assert paired_with_large(rows, "large")["paired_pass_at_1"] == pytest.approx((0.5 + 0.0 + 1.0) / 3)
+    assert paired_with_large(rows[2:], "auto") == {}  # no large run: nothing to pair with
+
+
+def test_bench_config_rejects_no_rounds():
+    from stitchllm.bench.run import BenchConfig
+    from stitchllm.errors import StitchError
+
+    with pytest.raises(StitchError, match="repeats must be at least 1, got 0"):
+        BenchConfig(repeats=0)
 
 
 def test_bench_rejects_rates_with_sweep():

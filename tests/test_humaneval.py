@@ -222,7 +222,10 @@ def test_cli_bench_humaneval_reports_pass_at_1(tiny_parent_dir, tiny_small_dir, 
     for r in report["results"] + report["saturation_detail"]:
         assert r["requests"] > 0 and r["pass_at_1"] == 0.0 and r["quality_top1"] is None
         assert 0 < r["problems"] <= r["requests"]
-    assert report["saturation_quality"]["large"] == {"ppl": None, "top1": None, "pass_at_1": 0.0}
+    large = report["saturation_quality"]["large"]  # paired with itself: the problems it served
+    assert large == {"ppl": None, "top1": None, "pass_at_1": 0.0, "paired_pass_at_1": 0.0,
+                     "paired_large_pass_at_1": 0.0, "paired_problems": large["paired_problems"]}
+    assert large["paired_problems"] == report["saturation_detail"][0]["problems"]
     assert report["peers"] == [] and report["config"]["workload"] == "humaneval"
     assert report["config"]["prompt_tokens"] == max(
         len(p) for p in _completion_prompts(tiny_parent_dir))  # the longest prompt sizes the engine

@@ -591,7 +591,11 @@ def bench(
         help="Instead of --rates: saturation first, then 0.25-1.5x the request rate `large` sustained there.")] = False,
     duration: Annotated[float, typer.Option(
         help="Seconds of arrivals per policy and rate: several request lifetimes, or a growing queue goes unseen.")] = 30.0,
-    saturation_duration: Annotated[float, typer.Option(help="Seconds of the closed loop per policy.")] = 60.0,
+    saturation_duration: Annotated[float, typer.Option(
+        help="Seconds of the closed loop per policy; its tokens/s count this window, not the drain after it.")]
+    = 60.0,
+    repeats: Annotated[int, typer.Option(
+        help="Rounds of the saturation runs, policies interleaved in each; figures are means over rounds.")] = 1,
     prompt_tokens: Annotated[int, typer.Option(help="Prompt length (text workload).")] = 64,
     output_tokens: Annotated[int, typer.Option(
         help="Tokens generated per request (humaneval: the most; an answer ends at EOS or once complete).")] = 32,
@@ -640,6 +644,8 @@ def bench(
         raise StitchError("use --rates or --sweep, not both")
     if workload not in ("text", "humaneval"):
         raise StitchError(f"--workload must be text or humaneval, got {workload!r}")
+    if repeats < 1:
+        raise StitchError(f"--repeats must be at least 1, got {repeats}")
     if workload == "humaneval" and url:
         raise StitchError("--workload humaneval runs on the in-process engine, not --url")
     weights = resolve_weight_format(weights, resolve_matmul_dtype(matmul_dtype))  # fails before any model loads
@@ -660,7 +666,7 @@ def bench(
         ids = torch.tensor(catalog.family.tokenizer(body, add_special_tokens=False)["input_ids"])
     cfg = BenchConfig(policies=policy_names,
                       rates=_rates(rates if rates is not None else "0.5,1,2"), sweep=sweep, duration=duration,
-                      saturation_duration=saturation_duration,
+                      saturation_duration=saturation_duration, repeats=repeats,
                       prompt_tokens=prompt_tokens, output_tokens=output_tokens, concurrency=concurrency,
                       peer_batch=peer_batch, slo_ttft_ms=slo_ttft, slo_tpot_ms=slo_tpot, min_cost=min_cost,
                       num_requests=min(256, max(8, len(ids) // 100)), peers=peers, matmul_dtype=matmul_dtype,
@@ -674,7 +680,11 @@ def bench(
         print(json.dumps(report))
     else:
         def pass_at_1(q: dict) -> str:
-            return "pass@1 -" if q["pass_at_1"] is None else f"pass@1 {q['pass_at_1']:.3f}"
+            served = "pass@1 -" if q["pass_at_1"] is None else f"pass@1 {q['pass_at_1']:.3f}"
+            if "paired_problems" in q:  # saturation: against large on the problems both served
+                served += (f" (on the {q['paired_problems']} problems large also served: "
+                           f"{q['paired_pass_at_1']:.3f} vs large {q['paired_large_pass_at_1']:.3f})")
+            return served
 
         for r in report["results"]:
             served = pass_at_1(r) if workload == "humaneval" else f"top1 {r['quality_top1']:.3f}"

@@ -34,9 +34,12 @@ class HumanEvalWorkload:
         served completions that pass its tests, averaged over the problems served, so each problem weighs the same
         however often it was served (a closed loop wraps round and serves the first problems again). None when
         none was served."""
+        per_problem = self.per_problem(records)
+        return sum(per_problem.values()) / len(per_problem) if per_problem else None
+
+    def per_problem(self, records: list[Record]) -> dict[int, float]:
+        """{problem index: fraction of its served completions that pass}, for the problems served."""
         done = [r for r in records if r.output_ids and r.error is None]
-        if not done:
-            return None
         keys = []
         for r in done:
             text = self.tokenizer.decode(r.output_ids, skip_special_tokens=True)
@@ -49,9 +52,10 @@ class HumanEvalWorkload:
         per_problem: dict[int, list[bool]] = {}
         for k in keys:
             per_problem.setdefault(k[0], []).append(self._passed[k])
-        return sum(sum(p) / len(p) for p in per_problem.values()) / len(per_problem)
+        return {i: sum(p) / len(p) for i, p in sorted(per_problem.items())}
 
     @staticmethod
     def problems_served(records: list[Record]) -> int:
         """How many distinct problems got an answer."""
         return len({r.request.index for r in records if r.output_ids and r.error is None})
+

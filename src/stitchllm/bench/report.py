@@ -44,3 +44,40 @@ def summarize(records: list[Record], wall: float, slo_ttft_ms: float, slo_tpot_m
         for q in (50, 90, 99):
             row[f"{name}_p{q}_ms"] = _pct(values, q)
     return row
+
+
+def steady_tok_s(records: list[Record], window: float) -> float:
+    """Output tokens/s while a closed loop kept its requests in flight: tokens that arrived within `window` seconds
+    of the first request, over `window`. The drain after it (a shrinking batch finishing the last answers, long
+    ones on the slowest route) is left out, so the figure is the rate the policy sustains under saturation."""
+    done = [r for r in records if r.token_times and r.error is None]
+    if not done:
+        return 0.0
+    end = min(r.arrival for r in records) + window
+    # over HTTP a stamp is a chunk of text: each counts its share of the server's token count
+    tokens = sum(sum(t <= end for t in r.token_times) * r.num_tokens / len(r.token_times) for r in done)
+    return tokens / window
+
+
+def paired_with_large(rows: list[dict], policy: str) -> dict:
+    """pass@1 of `policy` and of `large` over the problems both served at saturation (each policy's closed loop
+    serves the first N problems, N its own), every repeat pooled: the fair comparison of the quality served.
+    Empty when `large` was not run. rows: saturation rows with `problem_pass` ({problem: fraction passed})."""
+    def pooled(name: str) -> dict[int, list[float]]:
+        out: dict[int, list[float]] = {}
+        for r in rows:
+            if r["policy"] == name:
+                for i, v in r["problem_pass"].items():
+                    out.setdefault(int(i), []).append(v)
+        return out
+
+    mine, large = pooled(policy), pooled("large")
+    common = sorted(set(mine) & set(large))
+    if not common:
+        return {}
+
+    def mean_over(table: dict[int, list[float]]) -> float:
+        return sum(sum(table[i]) / len(table[i]) for i in common) / len(common)
+
+    return {"paired_problems": len(common), "paired_pass_at_1": mean_over(mine),
+            "paired_large_pass_at_1": mean_over(large)}

@@ -11,7 +11,7 @@ import torch
 
 from stitchllm.bench.driver import run_closed_loop, run_open_loop
 from stitchllm.bench.peers import llama_cpp_batched, llama_cpp_single_stream, transformers_generate
-from stitchllm.bench.report import summarize
+from stitchllm.bench.report import paired_with_large, steady_tok_s, summarize
 from stitchllm.bench.workload import make_requests, poisson_arrivals
 from stitchllm.data.corpus import python_docs_text
 from stitchllm.engine.build import engine_from_catalog
@@ -37,6 +37,7 @@ class BenchConfig:
     rates: tuple[float, ...] = (0.5, 1.0, 2.0)
     duration: float = 30.0  # seconds of Poisson arrivals per policy and rate
     saturation_duration: float = 60.0  # seconds of the closed loop per policy: several waves of requests
+    repeats: int = 1  # rounds of the saturation runs, policies interleaved within each (a noisy host needs several)
     prompt_tokens: int = 64
     output_tokens: int = 32
     concurrency: int = 128  # requests in flight at saturation, and the engine's max_num_seqs
@@ -57,6 +58,8 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if self.workload not in ("text", "humaneval"):
             raise StitchError(f"workload must be text or humaneval, got {self.workload!r}")
+        if self.repeats < 1:
+            raise StitchError(f"repeats must be at least 1, got {self.repeats}")
         resolve_weight_format(self.weights, resolve_matmul_dtype(self.matmul_dtype))  # one-line errors
 
 
@@ -145,6 +148,11 @@ def sweep_rates(saturation_rows: list[dict]) -> tuple[float, ...]:
     return tuple(round(base * f, 2) for f in SWEEP_FRACTIONS)
 
 
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
 def run_bench(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: BenchConfig,
               gguf: Path | None = None, target=None) -> dict:
     """Every policy at every rate, then at saturation (first, with --sweep: the sweep's rates come from it),
@@ -178,10 +186,13 @@ def run_bench(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: Be
 
     def saturate() -> list[dict]:
         rows = []
-        for policy in cfg.policies:
-            records, wall = target.closed_loop(policy, requests, cfg.concurrency, cfg.saturation_duration,
-                                               cfg.output_tokens)
-            rows.append({"policy": policy} | summary(records, wall))
+        for repeat in range(cfg.repeats):  # policies interleaved within each round, so drift hits all alike
+            for policy in cfg.policies:
+                records, wall = target.closed_loop(policy, requests, cfg.concurrency, cfg.saturation_duration,
+                                                   cfg.output_tokens)
+                rows.append({"policy": policy, "repeat": repeat} | summary(records, wall)
+                            | {"steady_tok_s": steady_tok_s(records, cfg.saturation_duration)}
+                            | ({"problem_pass": humaneval.per_problem(records)} if humaneval else {}))
         return rows
 
     saturation_rows = saturate() if cfg.sweep else []
@@ -193,9 +204,15 @@ def run_bench(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: Be
             records, wall = target.open_loop(policy, requests, arrivals, cfg.output_tokens)
             results.append({"policy": policy, "rate": rate} | summary(records, wall, cfg.duration))
     saturation_rows = saturation_rows or saturate()
-    saturation = {r["policy"]: r["throughput_tok_s"] for r in saturation_rows}
-    saturation_quality = {r["policy"]: {"ppl": r["quality_ppl"], "top1": r["quality_top1"]}
-                          | ({"pass_at_1": r["pass_at_1"]} if humaneval else {}) for r in saturation_rows}
+    saturation = {p: _mean([r["steady_tok_s"] for r in saturation_rows if r["policy"] == p]) for p in cfg.policies}
+    saturation_quality = {}
+    for p in cfg.policies:
+        rows = [r for r in saturation_rows if r["policy"] == p]
+        saturation_quality[p] = {"ppl": _mean([r["quality_ppl"] for r in rows]),
+                                 "top1": _mean([r["quality_top1"] for r in rows])}
+        if humaneval:
+            saturation_quality[p] |= {"pass_at_1": _mean([r["pass_at_1"] for r in rows])} | paired_with_large(
+                saturation_rows, p)
     peers = _peers(catalog, requests, gguf, cfg) if cfg.peers else []
     if quality is None:
         routes = [{"name": r.name, "cost": catalog.relative_cost(r), "ppl": None, "top1": None}
@@ -207,7 +224,7 @@ def run_bench(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: Be
     return {"results": results, "saturation": saturation, "saturation_quality": saturation_quality,
             "saturation_detail": saturation_rows, "peers": peers, "routes": routes, "config": {
                 "policies": list(cfg.policies), "rates": list(rates), "sweep": cfg.sweep, "duration": cfg.duration,
-                "saturation_duration": cfg.saturation_duration,
+                "saturation_duration": cfg.saturation_duration, "repeats": cfg.repeats,
                 "prompt_tokens": cfg.prompt_tokens, "output_tokens": cfg.output_tokens,
                 "concurrency": cfg.concurrency, "peer_batch": cfg.peer_batch, "slo_ttft_ms": cfg.slo_ttft_ms,
                 "slo_tpot_ms": cfg.slo_tpot_ms, "server": getattr(target, "url", None),
