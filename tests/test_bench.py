@@ -97,8 +97,9 @@ def test_bench_drives_a_live_server_over_http(tiny_catalog, bench_server, tmp_pa
 
     catalog, stitch_dir, _, _ = tiny_catalog
     monkeypatch.setenv("STITCHLLM_HOME", str(tmp_path))
-    cfg = BenchConfig(policies=("large", "small", "auto"), rates=(4.0,), duration=2, saturation_duration=2,
-                      prompt_tokens=16, output_tokens=4, concurrency=4, num_requests=8, peers=False)
+    cfg = BenchConfig(policies=("large", "small", "auto"), rates=(4.0,), duration=2, saturation_duration=60,
+                      saturation_requests=10, prompt_tokens=16, output_tokens=4, concurrency=4, num_requests=8,
+                      peers=False)
     report = run_bench(catalog, stitch_dir, torch.arange(3, 400), cfg, target=ServerTarget(bench_server, "bench-key"))
     large, small, auto = report["results"]
     assert large["route_mix"] == {"large": 1.0} and large["quality_top1"] == 1.0
@@ -110,6 +111,7 @@ def test_bench_drives_a_live_server_over_http(tiny_catalog, bench_server, tmp_pa
         assert row["throughput_tok_s"] == pytest.approx(row["requests"] * 4 / row["wall_s"], rel=0.01)
         assert 0 < row["ttft_p50_ms"] <= row["e2e_p50_ms"]
     assert report["config"]["server"] == bench_server
+    assert [r["requests"] for r in report["saturation_detail"]] == [10, 10, 10]  # the cap, long before 60 s
 
 
 def test_server_target_fails_clearly(bench_server):
@@ -143,28 +145,32 @@ def test_sweep_rates_span_the_large_models_capacity(tiny_catalog, tmp_path, monk
     # --sweep runs saturation first and takes the rates from it
     catalog, stitch_dir, _, _ = tiny_catalog
     monkeypatch.setenv("STITCHLLM_HOME", str(tmp_path))
-    cfg = BenchConfig(policies=("large",), sweep=True, duration=0.5, saturation_duration=2, prompt_tokens=16,
-                      output_tokens=4, concurrency=4, num_requests=8, peers=False, repeats=2)
+    cfg = BenchConfig(policies=("large",), sweep=True, duration=0.5, saturation_duration=60, saturation_requests=12,
+                      prompt_tokens=16, output_tokens=4, concurrency=4, num_requests=8, peers=False, repeats=2)
     report = run_bench(catalog, stitch_dir, torch.arange(3, 400), cfg)
     rates = list(sweep_rates(report["saturation_detail"]))
     assert report["config"]["rates"] == [r["rate"] for r in report["results"]] == rates and rates[0] > 0
     # two rounds of saturation; the headline is their mean steady rate
     steady = [r["steady_tok_s"] for r in report["saturation_detail"]]
     assert [r["repeat"] for r in report["saturation_detail"]] == [0, 1] and min(steady) > 0
+    assert [r["requests"] for r in report["saturation_detail"]] == [12, 12]  # the cap, long before 60 s
     assert report["saturation"]["large"] == pytest.approx(sum(steady) / 2)
 
 
 def test_steady_rate_counts_the_window_not_the_drain():
     from stitchllm.bench.driver import Record
-    from stitchllm.bench.report import paired_with_large, steady_tok_s
+    from stitchllm.bench.report import busy_window, paired_with_large, steady_tok_s
     from stitchllm.bench.workload import BenchRequest
 
     req = BenchRequest(0, [1, 2], [])
-    records = [Record(req, 100.0, [100.5, 101.0, 101.5, 102.5]),  # 3 tokens within 2 s of the first arrival
+    records = [Record(req, 100.0, [100.5, 101.0, 101.5, 102.5]),  # 3 tokens within 2 s of the first send
                Record(req, 101.0, [101.2, 103.0]),  # 1
                Record(req, 101.5, [], error="HTTP 503"),  # failed: counts nothing
                Record(req, 101.0, [101.9, 106.0], output_tokens=8)]  # HTTP chunks: each stamp is 4 tokens
     assert steady_tok_s(records, 2.0) == pytest.approx((3 + 1 + 4) / 2.0)
+    assert busy_window(records, duration=2.0, max_requests=0) == 2.0  # no cap: the loop's duration
+    assert busy_window(records, duration=60.0, max_requests=4) == 1.5  # capped: until the last send
+    assert busy_window(records, duration=60.0, max_requests=9) == 60.0  # the cap was not reached
     rows = [{"policy": "large", "problem_pass": {"0": 1.0, "1": 0.0, "2": 1.0}},
             {"policy": "large", "problem_pass": {"0": 0.0}},
             {"policy": "auto", "problem_pass": {"1": 1.0, "2": 1.0, "3": 0.0}}]
@@ -174,12 +180,14 @@ def test_steady_rate_counts_the_window_not_the_drain():
     assert paired_with_large(rows[2:], "auto") == {}  # no large run: nothing to pair with
 
 
-def test_bench_config_rejects_no_rounds():
+def test_bench_config_rejects_bad_saturation_settings():
     from stitchllm.bench.run import BenchConfig
     from stitchllm.errors import StitchError
 
     with pytest.raises(StitchError, match="repeats must be at least 1, got 0"):
         BenchConfig(repeats=0)
+    with pytest.raises(StitchError, match=r"saturation requests must be 0 \(no cap\) or more, got -1"):
+        BenchConfig(saturation_requests=-1)
 
 
 def test_bench_rejects_rates_with_sweep():

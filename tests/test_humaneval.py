@@ -213,7 +213,7 @@ def test_cli_bench_humaneval_reports_pass_at_1(tiny_parent_dir, tiny_small_dir, 
     result = subprocess.run(
         [sys.executable, "-m", "stitchllm.cli", "bench", "--workload", "humaneval", "--prompt-format", "completion",
          "--model", str(tiny_parent_dir), "--small", str(tiny_small_dir), "--policies", "large,random",
-         "--rates", "4", "--duration", "1", "--saturation-duration", "1", "--output-tokens", "4",
+         "--rates", "4", "--duration", "1", "--saturation-duration", "0.2", "--output-tokens", "4",
          "--concurrency", "4", "--matmul-dtype", "float32", "--json"],
         capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -592,8 +592,11 @@ def bench(
     duration: Annotated[float, typer.Option(
         help="Seconds of arrivals per policy and rate: several request lifetimes, or a growing queue goes unseen.")] = 30.0,
     saturation_duration: Annotated[float, typer.Option(
-        help="Seconds of the closed loop per policy; its tokens/s count this window, not the drain after it.")]
-    = 60.0,
+        help="Seconds of the closed loop per policy; its tokens/s count while it kept every slot busy, not the "
+             "drain after it.")] = 60.0,
+    saturation_requests: Annotated[int, typer.Option(
+        help="Also stop the closed loop after sending this many requests (0: no cap); humaneval with 164 and a "
+             "long --saturation-duration serves each problem once.")] = 0,
     repeats: Annotated[int, typer.Option(
         help="Rounds of the saturation runs, policies interleaved in each; figures are means over rounds.")] = 1,
     prompt_tokens: Annotated[int, typer.Option(help="Prompt length (text workload).")] = 64,
@@ -646,6 +649,8 @@ def bench(
         raise StitchError(f"--workload must be text or humaneval, got {workload!r}")
     if repeats < 1:
         raise StitchError(f"--repeats must be at least 1, got {repeats}")
+    if saturation_requests < 0:
+        raise StitchError(f"--saturation-requests must be 0 (no cap) or more, got {saturation_requests}")
     if workload == "humaneval" and url:
         raise StitchError("--workload humaneval runs on the in-process engine, not --url")
     weights = resolve_weight_format(weights, resolve_matmul_dtype(matmul_dtype))  # fails before any model loads
@@ -666,7 +671,8 @@ def bench(
         ids = torch.tensor(catalog.family.tokenizer(body, add_special_tokens=False)["input_ids"])
     cfg = BenchConfig(policies=policy_names,
                       rates=_rates(rates if rates is not None else "0.5,1,2"), sweep=sweep, duration=duration,
-                      saturation_duration=saturation_duration, repeats=repeats,
+                      saturation_duration=saturation_duration, saturation_requests=saturation_requests,
+                      repeats=repeats,
                       prompt_tokens=prompt_tokens, output_tokens=output_tokens, concurrency=concurrency,
                       peer_batch=peer_batch, slo_ttft_ms=slo_ttft, slo_tpot_ms=slo_tpot, min_cost=min_cost,
                       num_requests=min(256, max(8, len(ids) // 100)), peers=peers, matmul_dtype=matmul_dtype,

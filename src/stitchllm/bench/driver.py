@@ -99,16 +99,22 @@ def run_open_loop(engine: LLMEngine, requests: list[BenchRequest], arrivals: lis
 
 
 def run_closed_loop(engine: LLMEngine, requests: list[BenchRequest], concurrency: int, duration: float,
-                    output_tokens: int, watch: WatchFactory | None = None) -> tuple[list[Record], float]:
-    """Keep `concurrency` requests in flight for `duration` seconds (then let them finish); saturation."""
+                    output_tokens: int, watch: WatchFactory | None = None,
+                    max_requests: int | None = None) -> tuple[list[Record], float]:
+    """Keep `concurrency` requests in flight for `duration` seconds, or until `max_requests` were sent (then let
+    them finish); saturation."""
     params = _params(output_tokens, watch)
     watches = {} if watch is not None else None
     records: dict[str, Record] = {}
     open_ids: set[str] = set()
     start = time.perf_counter()
     sent = 0
-    while time.perf_counter() - start < duration or open_ids:
-        while len(open_ids) < concurrency and time.perf_counter() - start < duration:
+
+    def sending() -> bool:
+        return time.perf_counter() - start < duration and (max_requests is None or sent < max_requests)
+
+    while sending() or open_ids:
+        while len(open_ids) < concurrency and sending():
             req = requests[sent % len(requests)]
             rid = f"c{sent}"
             records[rid] = Record(req, time.perf_counter())

@@ -53,8 +53,9 @@ class ServerTarget:
         return asyncio.run(self._open_loop(self.model_for(policy), requests, arrivals, output_tokens))
 
     def closed_loop(self, policy: str, requests: list[BenchRequest], concurrency: int, duration: float,
-                    output_tokens: int) -> tuple[list[Record], float]:
-        return asyncio.run(self._closed_loop(self.model_for(policy), requests, concurrency, duration, output_tokens))
+                    output_tokens: int, max_requests: int | None = None) -> tuple[list[Record], float]:
+        return asyncio.run(self._closed_loop(self.model_for(policy), requests, concurrency, duration, output_tokens,
+                                             max_requests))
 
     def _client(self, concurrency: int | None = None) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -74,13 +75,13 @@ class ServerTarget:
             await asyncio.gather(*(arrive(i, at) for i, at in enumerate(arrivals)))
         return records, time.perf_counter() - start
 
-    async def _closed_loop(self, model, requests, concurrency, duration, output_tokens):
+    async def _closed_loop(self, model, requests, concurrency, duration, output_tokens, max_requests):
         records: list[Record] = []
         async with self._client(concurrency) as client:
             start = time.perf_counter()
 
             async def user() -> None:  # one of `concurrency` clients, each sending its next request on completion
-                while time.perf_counter() - start < duration:
+                while time.perf_counter() - start < duration and (max_requests is None or len(records) < max_requests):
                     rec = Record(requests[len(records) % len(requests)], time.perf_counter())
                     records.append(rec)
                     await _stream(client, model, rec, output_tokens)

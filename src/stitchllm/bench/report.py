@@ -47,8 +47,8 @@ def summarize(records: list[Record], wall: float, slo_ttft_ms: float, slo_tpot_m
 
 
 def steady_tok_s(records: list[Record], window: float) -> float:
-    """Output tokens/s while a closed loop kept its requests in flight: tokens that arrived within `window` seconds
-    of the first request, over `window`. The drain after it (a shrinking batch finishing the last answers, long
+    """Output tokens/s while a closed loop kept every slot busy: the tokens that arrived within `window` seconds of
+    the first request sent, over `window`. The drain after it (a shrinking batch finishing the last answers, long
     ones on the slowest route) is left out, so the figure is the rate the policy sustains under saturation."""
     done = [r for r in records if r.token_times and r.error is None]
     if not done:
@@ -57,6 +57,14 @@ def steady_tok_s(records: list[Record], window: float) -> float:
     # over HTTP a stamp is a chunk of text: each counts its share of the server's token count
     tokens = sum(sum(t <= end for t in r.token_times) * r.num_tokens / len(r.token_times) for r in done)
     return tokens / window
+
+
+def busy_window(records: list[Record], duration: float, max_requests: int) -> float:
+    """How long a closed loop kept every slot busy: `duration`, or, when it stopped sending at `max_requests`
+    (> 0) first, until its last request was sent."""
+    if max_requests and len(records) >= max_requests:
+        return max(r.arrival for r in records) - min(r.arrival for r in records)
+    return duration
 
 
 def paired_with_large(rows: list[dict], policy: str) -> dict:

@@ -11,7 +11,7 @@ import torch
 
 from stitchllm.bench.driver import run_closed_loop, run_open_loop
 from stitchllm.bench.peers import llama_cpp_batched, llama_cpp_single_stream, transformers_generate
-from stitchllm.bench.report import paired_with_large, steady_tok_s, summarize
+from stitchllm.bench.report import busy_window, paired_with_large, steady_tok_s, summarize
 from stitchllm.bench.workload import make_requests, poisson_arrivals
 from stitchllm.data.corpus import python_docs_text
 from stitchllm.engine.build import engine_from_catalog
@@ -37,6 +37,7 @@ class BenchConfig:
     rates: tuple[float, ...] = (0.5, 1.0, 2.0)
     duration: float = 30.0  # seconds of Poisson arrivals per policy and rate
     saturation_duration: float = 60.0  # seconds of the closed loop per policy: several waves of requests
+    saturation_requests: int = 0  # when > 0, the closed loop also stops sending after this many (each problem once)
     repeats: int = 1  # rounds of the saturation runs, policies interleaved within each (a noisy host needs several)
     prompt_tokens: int = 64
     output_tokens: int = 32
@@ -60,6 +61,8 @@ class BenchConfig:
             raise StitchError(f"workload must be text or humaneval, got {self.workload!r}")
         if self.repeats < 1:
             raise StitchError(f"repeats must be at least 1, got {self.repeats}")
+        if self.saturation_requests < 0:
+            raise StitchError(f"saturation requests must be 0 (no cap) or more, got {self.saturation_requests}")
         resolve_weight_format(self.weights, resolve_matmul_dtype(self.matmul_dtype))  # one-line errors
 
 
@@ -84,8 +87,10 @@ class EngineTarget:
     def open_loop(self, policy: str, requests, arrivals: list[float], output_tokens: int):
         return run_open_loop(self.engine(policy), requests, arrivals, output_tokens, self.watch)
 
-    def closed_loop(self, policy: str, requests, concurrency: int, duration: float, output_tokens: int):
-        return run_closed_loop(self.engine(policy), requests, concurrency, duration, output_tokens, self.watch)
+    def closed_loop(self, policy: str, requests, concurrency: int, duration: float, output_tokens: int,
+                    max_requests: int | None = None):
+        return run_closed_loop(self.engine(policy), requests, concurrency, duration, output_tokens, self.watch,
+                               max_requests)
 
 
 def _peers(catalog: RouteCatalog, requests, gguf: Path | None, cfg: BenchConfig) -> list[dict]:
@@ -189,9 +194,12 @@ def run_bench(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: Be
         for repeat in range(cfg.repeats):  # policies interleaved within each round, so drift hits all alike
             for policy in cfg.policies:
                 records, wall = target.closed_loop(policy, requests, cfg.concurrency, cfg.saturation_duration,
-                                                   cfg.output_tokens)
-                rows.append({"policy": policy, "repeat": repeat} | summary(records, wall)
-                            | {"steady_tok_s": steady_tok_s(records, cfg.saturation_duration)}
+                                                   cfg.output_tokens, cfg.saturation_requests or None)
+                row = summary(records, wall)
+                window = busy_window(records, cfg.saturation_duration, cfg.saturation_requests)
+                # every request sent at once (no more than `concurrency`): no busy window, the whole run's rate
+                steady = steady_tok_s(records, window) if window > 0 else row["throughput_tok_s"]
+                rows.append({"policy": policy, "repeat": repeat} | row | {"steady_tok_s": steady}
                             | ({"problem_pass": humaneval.per_problem(records)} if humaneval else {}))
         return rows
 
@@ -224,7 +232,8 @@ def run_bench(catalog: RouteCatalog, stitch_dir, text_ids: torch.Tensor, cfg: Be
     return {"results": results, "saturation": saturation, "saturation_quality": saturation_quality,
             "saturation_detail": saturation_rows, "peers": peers, "routes": routes, "config": {
                 "policies": list(cfg.policies), "rates": list(rates), "sweep": cfg.sweep, "duration": cfg.duration,
-                "saturation_duration": cfg.saturation_duration, "repeats": cfg.repeats,
+                "saturation_duration": cfg.saturation_duration, "saturation_requests": cfg.saturation_requests,
+                "repeats": cfg.repeats,
                 "prompt_tokens": cfg.prompt_tokens, "output_tokens": cfg.output_tokens,
                 "concurrency": cfg.concurrency, "peer_batch": cfg.peer_batch, "slo_ttft_ms": cfg.slo_ttft_ms,
                 "slo_tpot_ms": cfg.slo_tpot_ms, "server": getattr(target, "url", None),
