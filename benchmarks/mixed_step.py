@@ -56,8 +56,8 @@ def main() -> None:
     mixes = [tuple(int(n) for n in m.split(":")) for m in args.mixes.split(",")] if args.mixes else MIXES
     print("| small | large | ms per decode step |\n|---:|---:|---:|")
     for n_small, n_large in mixes:
-        print(f"| {n_small} | {n_large} | {step_ms(catalog, weights, n_small, n_large, args.steps, args.prompt_tokens):.1f} |",
-              flush=True)
+        ms = step_ms(catalog, weights, n_small, n_large, args.steps, args.prompt_tokens)
+        print(f"| {n_small} | {n_large} | {ms:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -58,4 +58,3 @@ class HumanEvalWorkload:
     def problems_served(records: list[Record]) -> int:
         """How many distinct problems got an answer."""
         return len({r.request.index for r in records if r.output_ids and r.error is None})
-
