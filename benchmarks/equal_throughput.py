@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/equal_throughput.py [--family qwen2.5-coder] [--fraction 1.25 | --rate R]
         [--seeds 4] [--first-seed 0] [--duration 60] [--policies random,whole-model,auto] [--output-tokens 128]
-        [--matmul-dtype auto] [--weights fp32] [--slo-ttft 2000] [--slo-tpot 250] [--json]
+        [--matmul-dtype auto] [--weights fp32] [--slo-ttft 2000] [--slo-tpot 250] [--min-cost 0.4]
+        [--static-cost 0.7] [--concurrency 128] [--json]
 
 `stitchllm bench` runs each rate once, with one arrival seed; near the large model's capacity one 60 s window
 decides which policy served more requests on `large` by a few percent, within the run-to-run spread. This runs
@@ -66,11 +67,17 @@ def main() -> None:
     ap.add_argument("--weights", default="fp32", help="the engine's weight format, as `stitchllm bench --weights`")
     ap.add_argument("--slo-ttft", type=float, default=BenchConfig.slo_ttft_ms, help="TTFT SLO, ms")
     ap.add_argument("--slo-tpot", type=float, default=BenchConfig.slo_tpot_ms, help="TPOT SLO, ms")
+    ap.add_argument("--min-cost", type=float, default=BenchConfig.min_cost, help="auto's quality floor")
+    ap.add_argument("--static-cost", type=float, default=BenchConfig.static_cost,
+                    help="the target cost of random and whole-model")
+    ap.add_argument("--concurrency", type=int, default=BenchConfig.concurrency,
+                    help="requests in flight when `large`'s capacity is measured")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     cfg = BenchConfig(policies=tuple(args.policies.split(",")), duration=args.duration,
                       output_tokens=args.output_tokens, matmul_dtype=args.matmul_dtype, weights=args.weights,
-                      slo_ttft_ms=args.slo_ttft, slo_tpot_ms=args.slo_tpot)
+                      slo_ttft_ms=args.slo_ttft, slo_tpot_ms=args.slo_tpot, min_cost=args.min_cost,
+                      static_cost=args.static_cost, concurrency=args.concurrency)
     catalog = load_catalog(*family_sources(args.family), weights=cfg.weights)
     stitch_dir = serving_stitches_dir(catalog.family)
     requests, quality = heldout_workload(catalog, stitch_dir, cfg)
