@@ -169,6 +169,21 @@ def test_controller_cuts_no_further_than_the_cheapest_route_so_one_calm_moment_r
     assert ctl.correction == 0.0
 
 
+def test_controller_feedback_does_not_lift_the_target_out_of_the_all_cheapest_regime():
+    """Both models' fixed time (150 ms) is over the 140 ms step budget: no mix can meet the TPOT target, so the
+    plan puts everyone on the cheapest route (cost 0.6). Calm latency there says only that the cheap regime is
+    fast; rising above it would mix again. The target leaves the regime when the plan does (demand falls)."""
+    ctl = LoadController(SLOConfig(tpot_ms=200.0, dwell_s=1.0, min_cost=0.4, calm_s=3.0), cheapest_cost=0.6)
+
+    def update(demand: float, t: float) -> float:
+        return ctl.update(LoadSignal(0, 0.0, 0.3 * 200.0, demand, 0.003, 0.05, 0.15, 0.03), t)
+
+    assert update(300.0, 0.0) == 0.6  # all large affords (1 - 50/140) / 0.9 = 0.71; a mix nothing
+    assert [update(300.0, float(t)) for t in range(1, 30)] == [0.6] * 29  # calm for 29 s: held
+    assert ctl.correction == 0.0
+    assert update(100.0, 31.0) == 1.0  # 0.643 / 0.3: all large by plan
+
+
 def test_controller_routes_by_the_plan_once_it_forgets_a_past_overloads_correction():
     ctl = LoadController(SLOConfig(tpot_ms=200.0, dwell_s=1.0, min_cost=0.4))
     for t in range(6):  # overloaded at 400 tokens/s: floored, 0.4 below a plan of 0.708

@@ -133,10 +133,16 @@ class LoadController:
         # dwell, before the target could rise again (wind-up), and under a load that keeps pressure in the band
         # they never are, which held the all-cheapest regime for the rest of a load the plan could have mixed.
         floor = max(self.slo.min_cost, self.cheapest_cost)
+        # A plan at the cheapest route's cost says no mix meets the TPOT target at this demand: both models' fixed
+        # time is over the step budget, or leaves too little of it. Calm latency then only says the cheap regime
+        # is fast; a feedback rise above it would mix again and put both models' fixed time into every step of
+        # every request in flight. So feedback raises the target within the plan's regime only; leaving the
+        # all-cheapest regime is the plan's to decide, when demand falls.
+        ceiling = 1.0 if planned > self.cheapest_cost else floor
         self.correction = max(self.correction, min(0.0, floor - planned))
         if feedback and p > self.slo.high and planned + self.correction > floor:
             self.correction = max(round(self.correction - self.slo.step, 9), floor - planned)
-        elif feedback and may_rise and planned + self.correction < 1.0:
+        elif feedback and may_rise and planned + self.correction < ceiling:
             if self.correction >= 0:  # a step beyond the plan shows in latency a lifetime later: see calm anew
                 self._calm_since = now
             # undoing its own cuts stops at the plan: going beyond it takes calm (a clamped cut is not 0.1)
@@ -144,6 +150,8 @@ class LoadController:
             self.correction = round(min(rise, 0.0) if self.correction < 0 else rise, 9)
         elif feedback and calm and planned >= 1.0:
             self.correction = 0.0  # all-large by plan and calm: nothing left to correct (no wind-up)
+        if ceiling < 1.0:
+            self.correction = min(self.correction, ceiling - planned)
         want = round(min(1.0, max(self.slo.min_cost, planned + self.correction)), 9)  # a clamp lands on the floor
         # Small moves wait until they add up to more than the band, except onto the floor, into the all-cheapest
         # regime (a step that no longer reads both models: not a small move) or back to all-large.
