@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/equal_throughput.py [--family qwen2.5-coder] [--fraction 1.25 | --rate R]
         [--seeds 4] [--first-seed 0] [--duration 60] [--policies random,whole-model,auto] [--output-tokens 128]
-        [--matmul-dtype auto] [--weights fp32] [--slo-ttft 2000] [--slo-tpot 250] [--min-cost 0.4]
+        [--matmul-dtype auto] [--weights fp32] [--slo-ttft 2000] [--slo-tpot 250] [--min-cost 0]
         [--static-cost 0.7] [--concurrency 128] [--json]
 
 `stitchllm bench` runs each rate once, with one arrival seed; near the large model's capacity one 60 s window
@@ -47,7 +47,9 @@ def policy_engine(target: EngineTarget, policy: str):
     engine = target.engine("auto")
     fields = {k: float(v) for k, v in (kv.split("=") for kv in spec.split("/"))}
     if fields.pop("free_fit", 0):
-        engine.step_time.held_per_read = None
+        for model in (engine.step_time.few, engine.step_time.many):
+            if model is not None:
+                model.held_per_read = None
     engine.controller = LoadController(dataclasses.replace(engine.config.slo, **fields), cheapest_cost=engine.costs[0])
     return engine
 

@@ -59,7 +59,7 @@ def test_a_step_reads_the_weights_of_the_routes_in_it(tiny_catalog):
     for i, route in enumerate(["large", "large", "small", stitched]):
         engine.add_request(f"w{i}", [5, 6, 7], SamplingParams(max_tokens=2, ignore_eos=True), route=route)
     engine.step()  # the four prompts
-    assert engine.step_time.steps == 1
+    assert engine.step_time.few.steps == 1  # fp32 weights: one kernel regime
     decode = engine.scheduler.schedule()  # one token each; the stitched route's blocks are among the others'
     assert [it.kind for it in decode] == ["decode"] * 4
     assert engine.runner.run(decode).params_read == reads["large"] + reads["small"]
@@ -129,8 +129,8 @@ def test_auto_routes_light_load_to_large_and_a_burst_to_the_cheapest_route(tiny_
     def serve(n: int, slo: SLOConfig) -> list:
         engine = LLMEngine(catalog, EngineConfig(max_model_len=128, max_num_seqs=64, max_num_batched_tokens=256,
                                                  slo=slo), router, manifest["thresholds"])
-        assert engine.step_time.fit()[1] > 0  # profiled at startup: the plan works from the first request
-        assert engine.step_time.held_per_read > 0  # and the fixed time of a step measured there, then held
+        assert engine.step_time.few.fit()[1] > 0  # profiled at startup: the plan works from the first request
+        assert engine.step_time.few.held_per_read > 0  # and the fixed time of a step measured there, then held
         for i, p in enumerate(prompts(n, seed=4)):
             engine.add_request(f"d{i}", p, params)
         run_to_completion(engine)

@@ -6,8 +6,10 @@ import pytest
 
 from stitchllm.engine.demand import DemandMeter
 from stitchllm.engine.latency_window import LatencyWindow
-from stitchllm.engine.step_time import StepTimeModel
-from stitchllm.routing.controller import LoadController, LoadSignal, SLOConfig
+from stitchllm.engine import warmup
+from stitchllm.engine.step_time import StepTimeModel, StepTimes
+from stitchllm.engine.work import RunnerOutput
+from stitchllm.routing.controller import LoadController, LoadSignal, SLOConfig, StepCosts
 
 
 def test_step_time_model_separates_fixed_time_per_weight_read_from_per_token_time():
@@ -42,6 +44,60 @@ def test_step_time_model_with_identical_steps_charges_per_token():
     for _ in range(20):
         model.observe(1.0, 100.0, 0.5)
     assert model.fit() == (0.0, pytest.approx(0.005))
+
+
+class _TwoKernelMachine:
+    """A runner whose steps take exactly the time gguf weights on AMX take, in shape (engine/step_time.py): below
+    16 rows 60 ms + 20 ms a row (integer dot products), from 16 rows 250 ms + 4 ms a row (tiles that de-quantise
+    every weight each step). Its clock is the profile's."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def step_s(self, rows: int) -> float:
+        return 0.06 + 0.02 * rows if rows < 16 else 0.25 + 0.004 * rows
+
+    def run(self, items) -> RunnerOutput:
+        self.now += self.step_s(sum(len(it.token_ids) for it in items))
+        return RunnerOutput(params_read=1.0)
+
+    def release(self, request_id: str) -> None:
+        pass
+
+
+@pytest.mark.parametrize("switch_rows, held", [(16, (0.06, 0.25)), (None, (0.0704, None))])
+def test_startup_profile_holds_the_fixed_time_of_each_kernel_regime(monkeypatch, switch_rows, held):
+    """Profiled per regime, each fixed time is that regime's own. Profiled as one line from 1 row to 32 (no switch
+    known), the fixed time is 70 ms: a plan with it thinks a 32-row step takes 70 ms + 32 x its per-token time,
+    where it takes 378."""
+    machine = _TwoKernelMachine()
+    monkeypatch.setattr(warmup.time, "monotonic", lambda: machine.now)
+    times = StepTimes(read_unit=1.0, switch_rows=switch_rows)
+    warmup.profile_step_time(machine, times, large_slots=64, max_tokens=128, token_id=0)
+    assert times.few.held_per_read == pytest.approx(held[0], abs=1e-4)
+    if switch_rows:
+        assert times.many.held_per_read == pytest.approx(held[1])
+        assert times.few.fit()[1] == pytest.approx(0.02) and times.many.fit()[1] == pytest.approx(0.004)
+        assert times.regime(15) is times.few and times.regime(16) is times.many
+
+
+def test_plan_takes_each_kernel_regime_at_its_own_fixed_time():
+    """Costs shaped as `large` on gguf with AMX (_TwoKernelMachine; mixed 1.32x, cheapest 0.32x the fixed time),
+    prompts as long as outputs, a 140 ms step budget. Below 16 rows a step is cheap to start and dear per row;
+    from 16 rows on `large`'s fixed time alone (250 ms) is over the budget, so a batch of tens of rows can only
+    be all-cheapest."""
+    ctl = LoadController(SLOConfig(tpot_ms=200.0, plan_tpot=0.7), cheapest_cost=0.32)
+    few, batch = StepCosts(0.02, 0.06, 0.0792, 0.0192), StepCosts(0.004, 0.25, 0.33, 0.08)
+
+    def plan(demand: float) -> float:
+        return ctl.planned_cost(LoadSignal(0, 0.0, 0.0, demand, demand / 2, few, batch, batch_rows=16))
+
+    assert plan(16.0) == 1.0  # 8 requests' tokens a second: a step of 60 / (1 - 0.32) = 88 ms holds 0.7 rows
+    assert plan(40.0) == pytest.approx((1 - 79.2 / 140) / (0.02 * 40))  # all large overruns; a mix at 0.54
+    assert plan(72.0) == 0.32  # a mix would afford less than the cheapest route: all take it
+    # 200 decoding tokens/s hold 16 rows at 80 ms steps: below that the integer kernel affords 0.10; the tiles,
+    # at the cheapest route's own fixed time, 0.27 (both below the cheapest route's cost: what demand allows)
+    assert plan(400.0) == pytest.approx((1 - 80 / 140) / (0.004 * 400))
 
 
 def test_demand_meter_learns_output_length():
@@ -86,8 +142,7 @@ def _signal(demand: float, pressure: float = 0.0, steerable: bool = True) -> Loa
     """The engine of these tests: steps of 20 ms + 3 ms per large-model token (333 tokens/s at most), whatever
     the models in them."""
     return LoadSignal(waiting=0, ttft_p90_ms=0.0, tpot_p90_ms=pressure * 200.0, demand_tok_s=demand,
-                      step_s_per_token=0.003, overhead_large_s=0.02, overhead_mixed_s=0.02, overhead_cheapest_s=0.02,
-                      steerable=steerable)
+                      step=StepCosts(0.003, 0.02, 0.02, 0.02), steerable=steerable)
 
 
 def test_plan_pays_both_models_fixed_time_when_routes_mix():
@@ -96,7 +151,7 @@ def test_plan_pays_both_models_fixed_time_when_routes_mix():
     ctl = LoadController(SLOConfig(tpot_ms=200.0, plan_tpot=0.7, max_utilisation=1.0), cheapest_cost=0.6)
 
     def plan(demand: float) -> float:
-        return ctl.planned_cost(LoadSignal(0, 0.0, 0.0, demand, 0.003, 0.05, 0.08, 0.03))
+        return ctl.planned_cost(LoadSignal(0, 0.0, 0.0, demand, step=StepCosts(0.003, 0.05, 0.08, 0.03)))
 
     assert plan(200.0) == 1.0  # all large: (1 - 50/140) / 0.6 = 1.07
     assert plan(220.0) == pytest.approx((1 - 80 / 140) / 0.66)  # large no longer fits; a mix affords 0.649
@@ -176,7 +231,7 @@ def test_controller_feedback_does_not_lift_the_target_out_of_the_all_cheapest_re
     ctl = LoadController(SLOConfig(tpot_ms=200.0, dwell_s=1.0, min_cost=0.4, calm_s=3.0), cheapest_cost=0.6)
 
     def update(demand: float, t: float) -> float:
-        return ctl.update(LoadSignal(0, 0.0, 0.3 * 200.0, demand, 0.003, 0.05, 0.15, 0.03), t)
+        return ctl.update(LoadSignal(0, 0.0, 0.3 * 200.0, demand, step=StepCosts(0.003, 0.05, 0.15, 0.03)), t)
 
     assert update(300.0, 0.0) == 0.6  # all large affords (1 - 50/140) / 0.9 = 0.71; a mix nothing
     assert [update(300.0, float(t)) for t in range(1, 30)] == [0.6] * 29  # calm for 29 s: held

@@ -51,20 +51,24 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_cli_bad_input_is_one_line_and_nonzero(tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"\xff\xfe not utf-8")
-    for args, message in [(["generate", "", "--family", "smollm2"], "prompt is empty"),
-                          (["eval", "--text", str(bad)], "is not UTF-8 text"),
-                          (["generate", "hi", "--model", str(tmp_path / "nope")], "model path not found"),
-                          (["family", "derive", "--matmul-dtype", "fp8", "--out", str(tmp_path / "sib")],
-                           "unknown matmul dtype 'fp8'"),
-                          (["family", "derive", "--block-importance", "random", "--out", str(tmp_path / "sib")],
-                           "unknown block importance 'random'"),
-                          (["stitch", "build", "--matmul-dtype", "fp8"], "unknown matmul dtype 'fp8'"),
-                          (["stitch", "build", "--bogus"], "No such option: --bogus")]:
-        result = run_cli(*args)
-        assert result.returncode == 2, result.stderr
-        assert message in result.stderr and "Traceback" not in result.stderr
+    cases = [(["generate", "", "--family", "smollm2"], "prompt is empty"),
+             (["eval", "--text", str(bad)], "is not UTF-8 text"),
+             (["generate", "hi", "--model", str(tmp_path / "nope")], "model path not found"),
+             (["family", "derive", "--matmul-dtype", "fp8", "--out", str(tmp_path / "sib")],
+              "unknown matmul dtype 'fp8'"),
+             (["family", "derive", "--block-importance", "random", "--out", str(tmp_path / "sib")],
+              "unknown block importance 'random'"),
+             (["stitch", "build", "--matmul-dtype", "fp8"], "unknown matmul dtype 'fp8'"),
+             (["stitch", "build", "--bogus"], "No such option: --bogus")]
+    # started together: each spends its seconds importing, which two cores do side by side
+    procs = [subprocess.Popen([sys.executable, "-m", "stitchllm.cli", *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for args, _ in cases]
+    for proc, (args, message) in zip(procs, cases):
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 2, (args, stderr)
+        assert message in stderr and "Traceback" not in stderr
         if "No such option" not in message:  # click prints usage lines above its own error line
-            assert result.stderr.strip().splitlines() == [f"error: {result.stderr.strip()[7:]}"]
+            assert stderr.strip().splitlines() == [f"error: {stderr.strip()[7:]}"]
 
 
 def test_prompt_longer_than_context_is_refused(smollm2):

@@ -86,11 +86,11 @@ def test_outcomes_are_generated_once_then_read_from_the_cache(tiny_catalog, tmp_
 
 def test_quality_floor_bounds_and_the_cli_errors():
     with pytest.raises(StitchError, match="min_cost"):
-        SLOConfig(min_cost=0.0)
-    assert SLOConfig(min_cost=1.0).min_cost == 1.0
+        SLOConfig(min_cost=-0.1)
+    assert SLOConfig(min_cost=1.0).min_cost == 1.0 and SLOConfig().min_cost == 0.0  # no floor by default
     out = subprocess.run([sys.executable, "-m", "stitchllm.cli", "router", "train", "--target", "kl"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and out.stderr.strip() == "error: --target must be one of text, task, got 'kl'"
     out = subprocess.run([sys.executable, "-m", "stitchllm.cli", "serve", "--min-cost", "1.5"],
                          capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and out.stderr.strip().startswith("error: min_cost must be in (0, 1]")
+    assert out.returncode == 2 and out.stderr.strip().startswith("error: min_cost must be in [0, 1]")

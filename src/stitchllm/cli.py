@@ -512,7 +512,7 @@ def serve(
     slo_tpot_ms: Annotated[float, typer.Option(help="Time-per-output-token target for the load controller.")] = 200.0,
     min_cost: Annotated[float, typer.Option(
         help="auto's quality floor: never route cheaper than this average cost per token (relative to large), "
-             "however high the load.")] = 0.4,
+             "however high the load; 0: none, auto may put every request on the cheapest route.")] = 0.0,
     api_key: Annotated[Optional[str], typer.Option(envvar="STITCHLLM_API_KEY", help="Require this bearer key on /v1.")] = None,
     matmul_dtype: MatmulDtypeOpt = "auto",
     weights: WeightsOpt = "auto",
@@ -614,7 +614,7 @@ def bench(
     slo_tpot: Annotated[float, typer.Option("--slo-tpot", help="TPOT SLO, ms.")] = 250.0,
     min_cost: Annotated[float, typer.Option(
         help="auto's quality floor: never route cheaper than this average cost per token (relative to large), "
-             "however high the load.")] = 0.4,
+             "however high the load; 0: none, auto may put every request on the cheapest route.")] = 0.0,
     text: Annotated[Optional[str], typer.Option(help="Prompt text (default: the held-out corpus split).")] = None,
     plot: Annotated[Optional[str], typer.Option(help="Directory for PNG plots.")] = None,
     peers: Annotated[bool, typer.Option(help="Also measure transformers generate (and llama.cpp if installed).")]

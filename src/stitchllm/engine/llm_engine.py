@@ -15,15 +15,16 @@ from stitchllm.engine.latency_window import LatencyWindow
 from stitchllm.engine.request import Phase, Request, RequestOutput
 from stitchllm.engine.runner import ModelRunner
 from stitchllm.engine.scheduler import Scheduler
-from stitchllm.engine.step_time import StepTimeModel
+from stitchllm.engine.step_time import StepTimeModel, StepTimes
 from stitchllm.engine.warmup import profile_step_time
 from stitchllm.engine.work import WorkItem
 from stitchllm.errors import StitchError
+from stitchllm.models.int_dot import tile_rows
 from stitchllm.models.kv_cache import KVCache
 from stitchllm.models.linear import dtype_name, resolve_matmul_dtype
 from stitchllm.models.quantized import resolve_weight_format
 from stitchllm.routing.catalog import RouteCatalog
-from stitchllm.routing.controller import LoadController, LoadSignal
+from stitchllm.routing.controller import LoadController, LoadSignal, StepCosts
 from stitchllm.routing.dataset import shared_blocks
 from stitchllm.routing.policies import RoutingBatch, make_policy
 from stitchllm.routing.router_model import RouterMLP
@@ -69,7 +70,8 @@ class LLMEngine:
         reads = {r.name: r.weight_bytes_per_step(catalog.configs, bytes_per_param=1) for r in catalog.routes}
         self.reads_mixed = (reads["large"] + reads["small"]) / reads["large"]
         self.reads_cheapest = reads[self.route_names[0]] / reads["large"]
-        self.demand, self.step_time = DemandMeter(), StepTimeModel(read_unit=reads["large"])
+        switch_rows = tile_rows() if self.weights == "gguf" else None  # where a step's kernels change
+        self.demand, self.step_time = DemandMeter(), StepTimes(reads["large"], switch_rows)
         self.kv = KVCacheManager(slots_for_budget(catalog, config))
         self.scheduler = Scheduler(config, self.kv)
         # prompts the router routes first run the large model's blocks its features come from (the bottom pass)
@@ -131,7 +133,8 @@ class LLMEngine:
         started = time.monotonic()
         result = self.runner.run(items)
         now = time.monotonic()
-        self.step_time.observe(result.params_read, sum(self._work(it) for it in items), now - started)
+        rows = sum(len(it.token_ids) for it in items)
+        self.step_time.observe(rows, result.params_read, sum(self._work(it) for it in items), now - started)
         self._update_controller(now)  # before routing: a burst admitted in this step is routed for its own load
         outputs = []
         for it in items:
@@ -229,14 +232,22 @@ class LLMEngine:
     def _update_controller(self, now: float) -> None:
         if self.config.policy != ADAPTIVE:
             return
-        per_read, per_token = self.step_time.fit()
         tpot_p90 = self.recent_tpot.p90(now)
+        many = self.step_time.many
         signal = LoadSignal(len(self.scheduler.waiting), self.recent_ttft.p90(now), tpot_p90,
-                            max(self.demand.tokens_per_s(now), self._backlog_tok_s()), per_token,
-                            per_read, per_read * self.reads_mixed, per_read * self.reads_cheapest,
+                            max(self.demand.tokens_per_s(now), self._backlog_tok_s()),
+                            self.demand.output_tokens_per_s(now), self._step_costs(self.step_time.few),
+                            self._step_costs(many) if many else None, self.step_time.switch_rows or 0,
                             steerable=self._has_unpinned(), request_life_s=self._request_life_s(tpot_p90),
                             slot_step_s=self._slot_step_s(now))
         self.controller.update(signal, now)
+
+    def _step_costs(self, model: StepTimeModel) -> StepCosts | None:
+        """One regime's step costs for the plan (None until its model has seen enough steps)."""
+        per_read, per_token = model.fit()
+        if per_token <= 0:
+            return None
+        return StepCosts(per_token, per_read, per_read * self.reads_mixed, per_read * self.reads_cheapest)
 
     def _slot_step_s(self, now: float) -> float:
         """The step time at which the arriving requests would occupy every sequence slot: in flight = arrivals/s

@@ -1,4 +1,5 @@
-"""StepTimeModel: how long an engine step takes for the work in it, fitted online from the steps themselves."""
+"""How long an engine step takes for the work in it, fitted online from the steps themselves: StepTimeModel for
+one set of kernels, StepTimes for weights whose kernels change with the rows in a step."""
 
 from __future__ import annotations
 
@@ -55,3 +56,29 @@ class StepTimeModel:
             if per_token > 0 and per_read >= 0:
                 return per_read, per_token
         return 0.0, self._wt / self._ww  # all steps alike (or a noisy fit): charge everything per token
+
+
+class StepTimes:
+    """One StepTimeModel per kernel regime: steps of fewer than `switch_rows` token rows, and steps of at least
+    that many (None: the kernels never switch, one model serves all steps).
+
+    Why: gguf weights on AMX switch kernels at 16 rows (models/int_dot.py). Below, integer dot products stream the
+    4-bit weights (little fixed time, much per row); from 16 rows, tiles de-quantise every weight each step (much
+    fixed time, little per row). Measured on `large` (Xeon, 2 cores, benchmarks/mixed_step.py): 2/8/15 rows
+    135/238/370 ms, 16/32/48 rows 324/383/504 ms. One line through both, as the startup profile fitted from a
+    1-row and a 32-row step, put the fixed time at 63 ms, and the plan thought a step of tens of rows on both
+    models fit a 147 ms budget that one of `large` alone overruns."""
+
+    def __init__(self, read_unit: float = 1.0, switch_rows: int | None = None):
+        self.switch_rows = switch_rows
+        self.few = StepTimeModel(read_unit)
+        self.many = StepTimeModel(read_unit) if switch_rows else None
+
+    def regime(self, rows: int) -> StepTimeModel:
+        """The model for a step of `rows` token rows (prompt tokens and decoding requests together)."""
+        if self.many is not None and rows >= self.switch_rows:
+            return self.many
+        return self.few
+
+    def observe(self, rows: int, params_read: float, work: float, seconds: float) -> None:
+        self.regime(rows).observe(params_read, work, seconds)

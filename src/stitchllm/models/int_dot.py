@@ -34,6 +34,7 @@ from stitchllm.models.cpu_kernels import build_kernel
 
 GROUP = 32
 BLOCK = 8  # outputs interleaved in one vector of the kernel
+AMX_MIN_ROWS = 16  # a matmul of this many rows or more goes to AMX tiles (kernels/int_dot.cpp, kAmxMinRows)
 DISABLE_ENV = "STITCHLLM_INT_DOT"
 AMX_ENV = "STITCHLLM_INT_DOT_AMX"
 
@@ -57,11 +58,19 @@ def amx_allowed() -> bool:
     return os.environ.get(AMX_ENV, "1") != "0"
 
 
+def tile_rows() -> int | None:
+    """From how many rows a step's matmuls run on AMX tiles here, None where they never do. A step's cost changes
+    there (engine/step_time.py StepTimes): the tiles de-quantise every weight each step, whatever the rows."""
+    if int_dot_available() and amx_allowed() and torch.ops.stitchllm_int_dot.int_dot_amx():
+        return AMX_MIN_ROWS
+    return None
+
+
 def describe() -> str:
     """How `gguf` weights multiply on this machine, for the serve banner."""
     if not int_dot_available():
         return "PyTorch's int4/int8 kernels"
-    tiles = amx_allowed() and torch.ops.stitchllm_int_dot.int_dot_amx()
+    tiles = tile_rows() is not None
     return f"integer kernel, {torch.ops.stitchllm_int_dot.int_dot_isa()}{', batches on AMX tiles' if tiles else ''}"
 
 

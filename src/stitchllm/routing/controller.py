@@ -20,8 +20,11 @@ class SLOConfig:
     # target, where a fixed 21% on `large` met every SLO (docs/history/BENCHMARKS-smollm2.md, session 20)
     step: float = 0.1  # change of the feedback correction per adjustment
     band: float = 0.05  # the planned cost must move by more than this before the target follows it
-    min_cost: float = 0.4  # the quality floor: never cheaper than this on average, however high the load (an
-    # operator's bound on how much quality overload may cost; at it, latency rather than quality gives way)
+    min_cost: float = 0.0  # the quality floor: never cheaper than this on average, however high the load (an
+    # operator's bound on how much quality overload may cost; at it, latency rather than quality gives way). 0, the
+    # default: none but the cheapest route's cost. A floor above `small`'s cost keeps `large`'s rows in every step
+    # under load, and on gguf weights such steps miss a TPOT target of twice `large`'s light-load p90
+    # (docs/BENCHMARKS.md)
     dwell_s: float = 2.0  # least time between two adjustments (shedding when demand jumps does not wait)
     calm_s: float = 10.0  # the feedback gives quality beyond the plan only after pressure stayed below `low` this
     # long, and at least a request's lifetime (LoadSignal.request_life_s): latency lags a cut in cost by the time
@@ -33,24 +36,35 @@ class SLOConfig:
     # arrivals wait for a slot and miss the TTFT target (docs/history/BENCHMARKS-smollm2.md, session 21)
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.min_cost <= 1.0:
-            raise StitchError(f"min_cost must be in (0, 1] (relative cost per token; 1 = always large), "
-                              f"got {self.min_cost}")
+        if not 0.0 <= self.min_cost <= 1.0:
+            raise StitchError(f"min_cost must be in [0, 1] (relative cost per token; 1 = always large, 0 = no "
+                              f"floor), got {self.min_cost}")
+
+
+@dataclass(frozen=True, slots=True)
+class StepCosts:
+    """A step's time in one kernel regime: a fixed time, which depends on the models the step runs (so it comes
+    for the three ways to route), plus a time per token through the whole large model."""
+
+    per_token_s: float
+    large_s: float  # fixed time when every request takes the large model
+    mixed_s: float  # ... when routes mix (both models' weights are read every step)
+    cheapest_s: float  # ... when every request takes the cheapest route
 
 
 @dataclass
 class LoadSignal:
-    """One observation of the server's load. Demand and step times are 0 while unknown (the plan is then
-    all-large). A step's fixed time depends on which models it runs, so it comes for the three ways to route."""
+    """One observation of the server's load. Demand is 0 and the step costs None while unknown (the plan is then
+    all-large)."""
 
     waiting: int
     ttft_p90_ms: float
     tpot_p90_ms: float
     demand_tok_s: float = 0.0  # tokens arriving per second (prompt + expected output)
-    step_s_per_token: float = 0.0  # a step's time per token through the whole large model
-    overhead_large_s: float = 0.0  # a step's fixed time when every request takes the large model
-    overhead_mixed_s: float = 0.0  # ... when routes mix (both models' weights are read every step)
-    overhead_cheapest_s: float = 0.0  # ... when every request takes the cheapest route
+    output_tok_s: float = 0.0  # of those, the expected output tokens: the decoding rows
+    step: StepCosts | None = None  # the step-time model's costs (of steps below `batch_rows`, if the kernels switch)
+    batch_step: StepCosts | None = None  # the costs of steps of `batch_rows` rows or more, where other kernels run
+    batch_rows: int = 0
     steerable: bool = True  # some request in the engine has its route chosen by the policy (not pinned)
     request_life_s: float = 0.0  # how long a request now stays in the engine (expected output x TPOT)
     slot_step_s: float = 0.0  # the step time at which the arrivals would fill every sequence slot (Little's law:
@@ -94,25 +108,36 @@ class LoadController:
 
         All large if that fits; else a mix, paying both models' fixed time every step; else, when a mix cannot
         even afford the cheapest route's cost, everyone on the cheapest route, which pays only its own."""
-        if s.demand_tok_s <= 0 or s.step_s_per_token <= 0:
+        if s.demand_tok_s <= 0 or s.step is None or s.step.per_token_s <= 0:
             return 1.0
-        if self._affordable(s, s.overhead_large_s) >= 1.0:
+        if self._affordable(s, "large_s") >= 1.0:
             return 1.0
-        mixed = self._affordable(s, s.overhead_mixed_s)
+        mixed = self._affordable(s, "mixed_s")
         if mixed > self.cheapest_cost:
             return mixed
-        return min(self.cheapest_cost, self._affordable(s, s.overhead_cheapest_s))
+        return min(self.cheapest_cost, self._affordable(s, "cheapest_s"))
 
-    def _affordable(self, s: LoadSignal, overhead_s: float) -> float:
-        """With steps of a + b x work and D tokens/s arriving at average cost c, the batch grows until a step
-        takes t = a / (1 - b D c) (each step serves the t x D c work that arrived during the one before). Keeping
-        t under plan_tpot x the TPOT target (and under max_slot_fill x slot_step_s, so that the requests in
-        flight fit the slots) and b D c under max_utilisation gives the largest affordable c."""
+    def _affordable(self, s: LoadSignal, way: str) -> float:
+        """The largest cost one way to route (`way`: which fixed time it pays) affords in either kernel regime.
+        Below the switch the decoding requests must stay fewer than its rows, so the step must also stay under
+        rows / output tokens arriving per second (Little's law); from the switch on, the batch regime's times
+        apply (the line below it would promise far too much there)."""
         step_s = self.slo.plan_tpot * self.slo.tpot_ms / 1000
         if s.slot_step_s > 0:
             step_s = min(step_s, self.slo.max_slot_fill * s.slot_step_s)
-        budget = 1.0 - overhead_s / step_s
-        return min(self.slo.max_utilisation, budget) / (s.step_s_per_token * s.demand_tok_s)
+        if s.batch_step is None or s.output_tok_s <= 0:
+            return self._afford(s, s.step, way, step_s)
+        below = self._afford(s, s.step, way, min(step_s, s.batch_rows / s.output_tok_s))
+        return max(below, self._afford(s, s.batch_step, way, step_s))
+
+    def _afford(self, s: LoadSignal, costs: StepCosts, way: str, step_s: float) -> float:
+        """With steps of a + b x work and D tokens/s arriving at average cost c, the batch grows until a step
+        takes t = a / (1 - b D c) (each step serves the t x D c work that arrived during the one before). Keeping
+        t under `step_s` and b D c under max_utilisation gives the largest affordable c."""
+        if costs.per_token_s <= 0:
+            return 0.0
+        budget = 1.0 - getattr(costs, way) / step_s
+        return min(self.slo.max_utilisation, budget) / (costs.per_token_s * s.demand_tok_s)
 
     def update(self, signal: LoadSignal, now: float) -> float:
         """Feed one observation at time `now` (seconds); returns the target cost to route at."""
