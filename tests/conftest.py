@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+from stitchllm.paths import kernels_home
+
+# One build of the C++ kernels for the whole run, where the user's own runs keep theirs: the many tests that point
+# STITCHLLM_HOME at a temporary directory (most run the CLI in a subprocess, which inherits this) would otherwise
+# each compile them again, ~10 s a kernel.
+os.environ.setdefault("STITCHLLM_KERNELS", str(kernels_home()))
 
 def _bf16_reason() -> str:
     from stitchllm.models.cpu import cpu_features

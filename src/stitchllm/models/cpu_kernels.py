@@ -1,9 +1,9 @@
 """The project's C++ CPU kernels (models/kernels/*.cpp): each compiled once for this machine, or unavailable.
 
 A kernel is compiled on first use with the system's C++ compiler through torch's extension builder (ninja), for
-the CPU it runs on (-march=native), into $STITCHLLM_HOME/kernels/<cpu>/<name>/, and loaded as torch.ops. Where it
-cannot be built (no compiler, no ninja, a build error) the caller falls back to PyTorch, with one line on stderr
-saying why.
+the CPU it runs on (-march=native), into $STITCHLLM_HOME/kernels/<cpu>/<name>/ ($STITCHLLM_KERNELS/<cpu>/<name>/
+where that is set), and loaded as torch.ops. Where it cannot be built (no compiler, no ninja, a build error) the
+caller falls back to PyTorch, with one line on stderr saying why.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from stitchllm.paths import stitchllm_home
+from stitchllm.paths import kernels_home
 
 KERNELS = Path(__file__).with_name("kernels")
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
@@ -37,7 +37,7 @@ def build_kernel(name: str, sources: list[str], purpose: str, fallback: str) -> 
     stderr ("`purpose` kernel unavailable (why); `fallback`"), where it cannot be built."""
     from torch.utils import cpp_extension
 
-    build_dir = stitchllm_home() / "kernels" / cpu_tag() / name
+    build_dir = kernels_home() / cpu_tag() / name
     build_dir.mkdir(parents=True, exist_ok=True)
     try:
         if not any(build_dir.glob("*.so")):
