@@ -233,13 +233,13 @@ class LLMEngine:
         if self.config.policy != ADAPTIVE:
             return
         tpot_p90 = self.recent_tpot.p90(now)
-        many = self.step_time.many
+        many, output_tok_s = self.step_time.many, self.demand.output_tokens_per_s(now)
         signal = LoadSignal(len(self.scheduler.waiting), self.recent_ttft.p90(now), tpot_p90,
                             max(self.demand.tokens_per_s(now), self._backlog_tok_s()),
-                            self.demand.output_tokens_per_s(now), self._step_costs(self.step_time.few),
+                            output_tok_s, self._step_costs(self.step_time.few),
                             self._step_costs(many) if many else None, self.step_time.switch_rows or 0,
                             steerable=self._has_unpinned(), request_life_s=self._request_life_s(tpot_p90),
-                            slot_step_s=self._slot_step_s(now))
+                            slot_step_s=self._slot_step_s(output_tok_s))
         self.controller.update(signal, now)
 
     def _step_costs(self, model: StepTimeModel) -> StepCosts | None:
@@ -249,10 +249,9 @@ class LLMEngine:
             return None
         return StepCosts(per_token, per_read, per_read * self.reads_mixed, per_read * self.reads_cheapest)
 
-    def _slot_step_s(self, now: float) -> float:
+    def _slot_step_s(self, output_tok_s: float) -> float:
         """The step time at which the arriving requests would occupy every sequence slot: in flight = arrivals/s
         x output tokens each x step time, and the output tokens arriving per second are measured."""
-        output_tok_s = self.demand.output_tokens_per_s(now)
         slots = min(self.config.max_num_seqs, self.kv.capacity["large"])
         return slots / output_tok_s if output_tok_s > 0 else 0.0
 
